@@ -1,0 +1,1 @@
+"""tlkit built-in plugin: hf backbones (work in progress)."""

@@ -1,0 +1,1 @@
+"""tlkit built-in plugin: timm backbones (work in progress)."""

@@ -1,0 +1,1 @@
+"""tlkit built-in plugin: torchvision backbones (work in progress)."""

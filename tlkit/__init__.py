@@ -1,0 +1,52 @@
+"""tlkit: transfer learning with pretrained backbones, cached features, heads and fine-tuning.
+
+The public API is flat and lazy: ``import tlkit`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tlkit.errors import TlkitError
+from tlkit.hookspecs import hookimpl
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("tlkit")
+except Exception:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# name -> module that defines it; resolved on first attribute access (PEP 562).
+_LAZY = {
+    "Backbone": "tlkit.backbone",
+    "BackboneSpec": "tlkit.backbone",
+    "Block": "tlkit.backbone",
+    "get_backbone": "tlkit.api",
+    "list_backbones": "tlkit.api",
+    "list_heads": "tlkit.api",
+    "open_dataset": "tlkit.data",
+    "Dataset": "tlkit.data",
+    "Reader": "tlkit.data",
+    "Record": "tlkit.data",
+    "build_head": "tlkit.heads",
+    "register_plugin": "tlkit.plugins",
+    "unregister_plugin": "tlkit.plugins",
+    "list_plugins": "tlkit.plugins",
+}
+
+__all__ = ["TlkitError", "__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,293 @@
+"""The backbone contract that every backbone plugin implements.
+
+A :class:`Backbone` is cheap to construct: ``__init__`` only stores options. Heavy imports and weight loading
+happen in :meth:`Backbone.load`. Preprocessing is split into a per-item step (run in DataLoader workers) and a
+collate step, so that images decode in parallel and text/audio pad per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit.errors import BadInputError, TlkitError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: A model-ready batch: one tensor, or a mapping of named tensors (``input_ids``, ``attention_mask``, ...).
+Batch = Any
+
+WEIGHTS_PRETRAINED = "pretrained"
+WEIGHTS_NONE = "none"
+
+#: Keys the conformance kit requires in ``BackboneSpec.preprocess`` for each modality.
+REQUIRED_PREPROCESS_KEYS: dict[str, tuple[str, ...]] = {
+    "image": ("input_size", "mean", "std", "interpolation"),
+    "text": ("tokenizer", "max_length"),
+    "audio": ("sample_rate",),
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything about a backbone that is data, not code.
+
+    ``preprocess`` comes from the model's own pretrained configuration (timm ``pretrained_cfg``, torchvision
+    ``Weights.transforms()``, HF processor and tokenizer configs) with any user overrides applied. Image: ``input_size``
+    (C, H, W), ``mean``, ``std``, ``interpolation``, ``crop_pct``. Text: ``tokenizer``, ``max_length``. Audio:
+    ``sample_rate``, ``clip_seconds``.
+    """
+
+    name: str
+    modality: str
+    embed_dim: int
+    preprocess: dict[str, Any]
+    pooling: str
+    weights: str
+    source: str = ""
+    license: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=_json_default))
+
+
+@dataclass(frozen=True)
+class Block:
+    """One named, separately freezable part of a backbone: the parameter names (relative to
+    ``Backbone.module``) that belong to it. ``Backbone.blocks()`` lists them earliest first."""
+
+    name: str
+    params: tuple[str, ...]
+
+    def n_params(self, module: nn.Module) -> int:
+        named = dict(module.named_parameters())
+        return sum(named[p].numel() for p in self.params)
+
+
+class Backbone(ABC):
+    """Base class for backbones.
+
+    Subclasses set :attr:`modality` and implement :meth:`_build`, :attr:`spec`, :meth:`preprocess_item`,
+    :meth:`embed` and :meth:`blocks`. Options every backbone accepts:
+
+    - ``weights``: ``"pretrained"`` (the hub), ``"none"`` (random init), or a local file or directory;
+    - ``preprocess``: overrides merged over the model's own preprocessing config;
+    - ``pooling``: a pooling choice where the model offers several;
+    - ``augment``: the training augmentation policy for :meth:`preprocess_item` with ``train=True``.
+    """
+
+    modality: str = "image"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        weights: str | os.PathLike[str] = WEIGHTS_PRETRAINED,
+        preprocess: Mapping[str, Any] | None = None,
+        pooling: str | None = None,
+        augment: str | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.name = name
+        self.weights = str(weights) if weights is not None else WEIGHTS_PRETRAINED
+        self.preprocess_overrides = dict(preprocess or {})
+        self.pooling = pooling
+        self.augment = augment
+        self.options = options
+        self._module: nn.Module | None = None
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def init_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this backbone (used by :meth:`replace` and run configs)."""
+        return {
+            "weights": self.weights,
+            "preprocess": dict(self.preprocess_overrides),
+            "pooling": self.pooling,
+            "augment": self.augment,
+            **self.options,
+        }
+
+    def replace(self, **changes: Any) -> Backbone:
+        """A new, unloaded backbone with some options changed; ``preprocess`` overrides are merged."""
+        kwargs = copy.deepcopy(self.init_kwargs())
+        if "preprocess" in changes:
+            kwargs["preprocess"] = {**kwargs.get("preprocess", {}), **dict(changes.pop("preprocess") or {})}
+        kwargs.update(changes)
+        return type(self)(self.name, **kwargs)
+
+    def weights_kind(self) -> str:
+        """``"pretrained"``, ``"none"`` or ``"local"``."""
+        if self.weights in (WEIGHTS_PRETRAINED, WEIGHTS_NONE):
+            return self.weights
+        return "local"
+
+    def local_weights_path(self) -> Path:
+        """The local weights file or directory; a clear error when it does not exist."""
+        path = Path(self.weights).expanduser()
+        if not path.exists():
+            raise BadInputError(
+                f"weights {self.weights!r} for {self.name}: no such file or directory; "
+                f"use --weights pretrained, none, or an existing path"
+            )
+        return path
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _build(self) -> nn.Module:
+        """Import the model library, build the network and load the weights. Called once by :meth:`load`."""
+
+    def load(self) -> Backbone:
+        """Build and load the model (idempotent), in eval mode, on the CPU. Returns ``self``."""
+        if self._module is None:
+            module = self._build()
+            module.eval()
+            self._module = module
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        return self._module is not None
+
+    @property
+    def module(self) -> nn.Module:
+        """The backbone network (loads it on first access). ``blocks()`` names its parameters."""
+        return self.load()._module  # type: ignore[return-value]
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def spec(self) -> BackboneSpec:
+        """The spec. May build the architecture (without weights) to learn sizes, but must not download."""
+
+    # -- preprocessing ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess_item(self, item: Any, *, train: bool = False) -> Any:
+        """Turn one raw item (a PIL image, a string, an :class:`tlkit.data.AudioClip`) into model input.
+
+        Runs in DataLoader worker processes, so it must be picklable and must not touch the network.
+        ``train=True`` applies the training augmentation.
+        """
+
+    def collate(self, processed: Sequence[Any]) -> Batch:
+        """Combine preprocessed items into a batch (default: ``torch.utils.data.default_collate``)."""
+        from torch.utils.data import default_collate
+
+        return default_collate(list(processed))
+
+    def preprocess(self, items: Sequence[Any], *, train: bool = False) -> Batch:
+        """Preprocess and collate raw items in one go."""
+        return self.collate([self.preprocess_item(it, train=train) for it in items])
+
+    def sort_key(self, item: Any) -> int | None:
+        """A length for bucketing raw items of variable size (text, audio); ``None`` for fixed-size inputs."""
+        return None
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """The pooled embedding ``[N, D]`` of a batch (differentiable; the caller decides grad and precision)."""
+
+    def layer_names(self) -> list[str]:
+        """Block names whose pooled output :meth:`embed_layers` can return (default: none)."""
+        return []
+
+    def embed_layers(self, batch: Batch, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The final embedding plus each named layer's pooled output ``[N, D_b]``, from one forward pass."""
+        if layers:
+            raise TlkitError(f"backbone {self.name} does not offer per-layer embeddings")
+        return self.embed(batch), {}
+
+    # -- structure ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def blocks(self) -> list[Block]:
+        """Named blocks, earliest first, covering every parameter of :attr:`module` exactly once."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """Turn on gradient checkpointing where the model supports it; return whether it did."""
+        return False
+
+    # -- identity -----------------------------------------------------------------------------------------------
+    def weights_identity(self) -> str:
+        """What identifies the weights: the hub source for ``pretrained``, a content hash for local files."""
+        kind = self.weights_kind()
+        if kind != "local":
+            return f"{kind}:{self.spec.source}"
+        return "sha256:" + hash_path(self.local_weights_path())
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """Everything that changes the output. Subclasses may add keys (a tokenizer config, say)."""
+        spec = self.spec.to_dict()
+        spec.pop("license", None)
+        spec.pop("weights", None)
+        return {"spec": spec, "weights": self.weights_identity(), "backbone_class": type(self).__qualname__}
+
+    def fingerprint(self) -> str:
+        """A stable hash of :meth:`fingerprint_data`: the cache key."""
+        blob = json.dumps(self.fingerprint_data(), sort_keys=True, default=_json_default)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, weights={self.weights!r})"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return repr(obj)
+
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def hash_path(path: Path) -> str:
+    """sha256 of a file, or of every file in a directory (names and contents), memoised on size and mtime."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key = (str(f), st.st_size, st.st_mtime_ns)
+        digest = _HASH_MEMO.get(key)
+        if digest is None:
+            fh = hashlib.sha256()
+            with open(f, "rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    fh.update(chunk)
+            digest = _HASH_MEMO[key] = fh.hexdigest()
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(digest.encode())
+    return h.hexdigest()
+
+
+def blocks_from_prefixes(module: nn.Module, groups: Sequence[tuple[str, Sequence[str]]], rest: str) -> list[Block]:
+    """Build blocks from ``(block name, [parameter-name prefixes])`` pairs; unmatched parameters go to ``rest``.
+
+    The first matching group wins, so list specific prefixes before general ones. A prefix matches a whole
+    dotted component (``layer1`` matches ``layer1.0.conv1.weight``, not ``layer10``).
+    """
+    order = [name for name, _ in groups]
+    if rest not in order:
+        order.append(rest)
+    members: dict[str, list[str]] = {name: [] for name in order}
+    for pname, _ in module.named_parameters():
+        target = rest
+        for name, prefixes in groups:
+            if any(pname == p or pname.startswith(p + ".") for p in prefixes):
+                target = name
+                break
+        members[target].append(pname)
+    return [Block(name, tuple(members[name])) for name in order if members[name]]

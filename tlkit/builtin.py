@@ -1,0 +1,45 @@
+"""The core built-in plugin: the image reader, the torch heads and the fake test backbones.
+
+It is registered through the same ``tlkit`` entry-point group a third-party plugin uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tlkit.hookspecs import hookimpl
+
+
+@hookimpl
+def tlkit_register_backbones(register: Callable[..., None]) -> None:
+    from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
+
+    register(
+        "fake/image", FakeImageBackbone, modality="image", summary="tiny deterministic CNN for tests (tlkit.testing)"
+    )
+    register(
+        "fake/text",
+        FakeTextBackbone,
+        modality="text",
+        summary="tiny deterministic byte-level text encoder for tests (tlkit.testing)",
+    )
+
+
+@hookimpl
+def tlkit_register_heads(register: Callable[..., None]) -> None:
+    from tlkit.heads import linear_head, mlp_head
+
+    register("linear", linear_head, kind="torch", summary="one linear layer (a linear probe)")
+    register("mlp", mlp_head, kind="torch", summary="hidden layers + activation + dropout (default 256, relu, 0.5)")
+
+
+@hookimpl
+def tlkit_register_readers(register: Callable[..., None]) -> None:
+    from tlkit.data.image import ImageReader
+
+    register(
+        "image",
+        ImageReader(),
+        modality="image",
+        summary="class folders, flat folders or path,label manifests of JPEG/PNG/WebP/BMP/TIFF/GIF",
+    )

@@ -1,0 +1,44 @@
+"""Choosing a reader for a path and a modality."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tlkit.data.base import Dataset, Reader
+from tlkit.errors import BadInputError
+
+
+def pick_reader(path: Path, modality: str, reader: str | None = None) -> Reader:
+    """The named reader, or the first registered reader of ``modality`` that can read ``path``."""
+    from tlkit.registry import get_reader_entry, get_registry
+
+    if reader:
+        return get_reader_entry(reader).reader
+    candidates = [e.reader for e in get_registry().readers.values() if e.modality == modality]
+    for r in candidates:
+        if r.can_read(path):
+            return r
+    if not candidates:
+        raise BadInputError(f"no reader is installed for {modality} data")
+    raise BadInputError(
+        f"{path}: no {modality} reader understands this path "
+        f"(readers: {', '.join(r.name for r in candidates)}); pass a folder, or a supported table/manifest file"
+    )
+
+
+def open_dataset(
+    path: str | os.PathLike[str], modality: str = "image", reader: str | None = None, **options: Any
+) -> Dataset:
+    """Scan ``path`` with a suitable reader. ``options`` go to the reader (``text_column``, ``label_column``, ...)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or directory; check the input path")
+    return pick_reader(path, modality, reader).scan(path, **options)
+
+
+def get_reader(dataset: Dataset) -> Reader:
+    from tlkit.registry import get_reader_entry
+
+    return get_reader_entry(dataset.reader).reader

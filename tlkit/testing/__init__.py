@@ -1,0 +1,21 @@
+"""Testing helpers for tlkit and its plugin authors: fake backbones, the conformance kit, sample data makers."""
+
+from tlkit.testing.conformance import (
+    CHECKS,
+    CheckResult,
+    ConformanceReport,
+    assert_conformant,
+    check_backbone,
+)
+from tlkit.testing.samples import make_image_folder, sample_images, sample_texts
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "ConformanceReport",
+    "assert_conformant",
+    "check_backbone",
+    "make_image_folder",
+    "sample_images",
+    "sample_texts",
+]
