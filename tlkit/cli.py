@@ -192,6 +192,21 @@ def blocks_cmd(name: str, weights: str, as_json: bool) -> None:
     print_table(["#", "block", "params", "tensors"], rows, title=f"{name}: {len(rows)} blocks, {total:,} params")
 
 
+def _attach_command_modules() -> None:
+    import importlib
+    import importlib.util
+
+    from tlkit.commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:  # a command family not written yet
+            continue
+        importlib.import_module(name).register(cli)
+
+
+_attach_command_modules()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="tlkit")
