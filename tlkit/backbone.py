@@ -188,6 +188,10 @@ class Backbone(ABC):
         """Preprocess and collate raw items in one go."""
         return self.collate([self.preprocess_item(it, train=train) for it in items])
 
+    def item_flags(self, processed: Any) -> tuple[str, ...]:
+        """Notes about one preprocessed item for the run summary (``("truncated",)`` for text cut at max_length)."""
+        return ()
+
     def sort_key(self, item: Any) -> int | None:
         """A length for bucketing raw items of variable size (text, audio); ``None`` for fixed-size inputs."""
         return None
