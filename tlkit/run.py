@@ -1,0 +1,178 @@
+"""The run directory shared by ``tlkit train`` and ``tlkit finetune``, and atomic file writes.
+
+Layout::
+
+    RUN_DIR/
+      config.json        everything needed to rebuild: kind, backbone (name, weights, options, fingerprint),
+                         head (name, kind, params, in_dim, n_classes), class_names, layer, training arguments
+      head.safetensors   the head's weights (kind "head", torch heads)
+      model.safetensors  backbone + head weights, keys "backbone.*" and "head.*" (kind "finetune")
+      metrics.jsonl      one JSON object per epoch
+      report.json        accuracy, balanced accuracy, macro-F1, per-class report, confusion matrix
+      curves.png, confusion.png
+
+Every file is written atomically (temporary file, fsync, rename), so a crash never leaves a half-written file
+under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+
+RUN_FORMAT = "tlkit-run"
+RUN_FORMAT_VERSION = 1
+CONFIG = "config.json"
+HEAD_WEIGHTS = "head.safetensors"
+MODEL_WEIGHTS = "model.safetensors"
+METRICS = "metrics.jsonl"
+REPORT = "report.json"
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Any:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[str], None]) -> None:
+    """Let ``writer(tmp_path)`` write a file (libraries that want a path), then fsync and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+
+
+def save_tensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Atomically save tensors as safetensors (contiguous CPU copies; shared storage is cloned)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: weights file missing; is this a complete tlkit run directory?")
+    return load_file(str(path))
+
+
+def new_config(kind: str, **fields: Any) -> dict[str, Any]:
+    """A run config with the format header filled in."""
+    from tlkit import __version__
+
+    return {
+        "format": RUN_FORMAT,
+        "version": RUN_FORMAT_VERSION,
+        "kind": kind,
+        "tlkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+    }
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``RUN_DIR/config.json``."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise BadInputError(f"{run_dir}: not a tlkit run directory (no {CONFIG}); pass the -o folder of train/finetune")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from exc
+    if config.get("format") != RUN_FORMAT:
+        raise BadInputError(f"{path}: not a tlkit run config")
+    if int(config.get("version", 0)) > RUN_FORMAT_VERSION:
+        raise BadInputError(f"{path}: run format {config.get('version')} is newer than this tlkit; upgrade tlkit")
+    return config
+
+
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON line and fsync (metrics survive a crash up to the last finished epoch)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(dict(record), default=float) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: everything before it is good
+    return rows
+
+
+def rewrite_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Atomically replace a JSONL file (used on resume to drop epochs after the checkpoint)."""
+    with atomic_write(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(dict(row), default=float) + "\n")
+
+
