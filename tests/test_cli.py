@@ -42,7 +42,8 @@ def test_backbones_list_filter_modality_json(run):
     assert out.exit_code == 0 and "fake/image" in out.output and "fake/text" in out.output
     names = [e["name"] for e in json.loads(run("backbones", "--filter", "fake/*", "--json").output)]
     assert names == ["fake/image", "fake/text"]
-    names = [e["name"] for e in json.loads(run("backbones", "--filter", "fake/*", "--modality", "text", "--json").output)]
+    out = run("backbones", "--filter", "fake/*", "--modality", "text", "--json")
+    names = [e["name"] for e in json.loads(out.output)]
     assert names == ["fake/text"]
 
 
