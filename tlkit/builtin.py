@@ -35,11 +35,25 @@ def tlkit_register_heads(register: Callable[..., None]) -> None:
 
 @hookimpl
 def tlkit_register_readers(register: Callable[..., None]) -> None:
+    from tlkit.data.audio import AudioReader
     from tlkit.data.image import ImageReader
+    from tlkit.data.text import TextReader
 
     register(
         "image",
         ImageReader(),
         modality="image",
         summary="class folders, flat folders or path,label manifests of JPEG/PNG/WebP/BMP/TIFF/GIF",
+    )
+    register(
+        "text",
+        TextReader(),
+        modality="text",
+        summary="CSV/TSV/JSONL with text and label columns, or class folders of .txt files",
+    )
+    register(
+        "audio",
+        AudioReader(),
+        modality="audio",
+        summary="class folders, flat folders or path,label manifests of WAV/FLAC/Ogg (soundfile; mixed to mono)",
     )
