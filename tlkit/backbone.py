@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,3 +296,74 @@ def blocks_from_prefixes(module: nn.Module, groups: Sequence[tuple[str, Sequence
                 break
         members[target].append(pname)
     return [Block(name, tuple(members[name])) for name in order if members[name]]
+
+
+def blocks_from_children(module: nn.Module, min_trunk: int = 3) -> list[Block]:
+    """A generic split for models without a known layout: one block per top-level child that has parameters. When
+    exactly one child is a container (``nn.Sequential``/``ModuleList``/``ModuleDict``) of at least ``min_trunk``
+    parameterised children, that child is the trunk and is split into its children (``features.0``,
+    ``features.1``, ...); several such children (ShuffleNet's ``stage2`` ... ``stage4``) are stages, kept whole.
+
+    Parameters held directly by ``module`` join the first block. Names are module paths, so they are stable.
+    """
+    from torch import nn
+
+    def has_params(m: nn.Module) -> bool:
+        return next(m.parameters(), None) is not None
+
+    children = [(name, child) for name, child in module.named_children() if has_params(child)]
+    trunks = [
+        name
+        for name, child in children
+        if isinstance(child, nn.Sequential | nn.ModuleList | nn.ModuleDict)
+        and sum(has_params(m) for m in child.children()) >= min_trunk
+        and next(child.parameters(recurse=False), None) is None
+    ]
+    groups: list[tuple[str, list[str]]] = []
+    for name, child in children:
+        if len(trunks) == 1 and name == trunks[0]:
+            groups += [(f"{name}.{sub}", [f"{name}.{sub}"]) for sub, m in child.named_children() if has_params(m)]
+        else:
+            groups.append((name, [name]))
+    if not groups:
+        return [Block("params", tuple(n for n, _ in module.named_parameters()))] if has_params(module) else []
+    return blocks_from_prefixes(module, groups, rest=groups[0][0])
+
+
+def build_shapes_only(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a network only to read its shapes and metadata (embedding width, config, parameter names).
+
+    It is built on the meta device with weight initialisation skipped (no memory, milliseconds); a model whose
+    constructor computes with tensor values (torchvision's RegNet) is built on the CPU instead.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"), _skip_meta_init():
+            return factory()
+    except (NotImplementedError, RuntimeError):
+        return factory()
+
+
+#: In-place initialisers that only fill values; on meta tensors (no data) they can be skipped.
+_INIT_OPS = frozenset(
+    "uniform_ normal_ erfinv_ mul_ add_ sub_ div_ clamp_ clamp_min_ clamp_max_ fill_ zero_ copy_ exponential_ sqrt_ "
+    "exp_ neg_ abs_ bernoulli_ random_ log_normal_ cauchy_ geometric_ orthogonal_ trunc_normal_".split()
+)
+
+
+@contextmanager
+def _skip_meta_init() -> Iterator[None]:
+    # Initialisation arithmetic cannot change shapes, and on the meta device it runs through slow Python
+    # decompositions (a ViT's truncated-normal init alone takes a second).
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class _Skip(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if getattr(func, "__name__", "") in _INIT_OPS and args and getattr(args[0], "is_meta", False):
+                return args[0]
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), _Skip():
+        yield
