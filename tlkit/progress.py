@@ -1,0 +1,56 @@
+"""Progress events that the engines emit and the CLI renders.
+
+The library never draws a bar: it calls ``progress(event)`` and the caller decides what to show (llm's
+``embed-multi`` works the same way). Events are small frozen dataclasses, cheap to emit once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Stages in the order an extraction goes through them.
+STAGES = ("plan", "extract", "commit", "assemble", "done")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a long-running job.
+
+    ``stage`` is one of :data:`STAGES`. ``done``/``total`` count items for ``extract`` (skipped items count as
+    done) and rows for ``assemble``. ``elapsed`` is seconds since the job started.
+    """
+
+    stage: str
+    done: int
+    total: int
+    skipped: int = 0
+    elapsed: float = 0.0
+    message: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far (0 before the first item)."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, or ``None`` when unknown."""
+        if self.rate <= 0 or self.total <= 0:
+            return None
+        return max(self.total - self.done, 0) / self.rate
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
+    """Call ``callback`` if there is one; a failing progress callback must not kill a long extraction."""
+    if callback is None:
+        return
+    try:
+        callback(event)
+    except Exception:  # noqa: BLE001 - display problems are not extraction problems
+        pass
