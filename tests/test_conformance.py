@@ -16,8 +16,10 @@ def images():
 
 
 def test_fake_backbones_conform(images):
-    for bb, items in ((FakeImageBackbone("fake/image", weights="none"), images),
-                      (FakeTextBackbone("fake/text", weights="none"), sample_texts())):
+    for bb, items in (
+        (FakeImageBackbone("fake/image", weights="none"), images),
+        (FakeTextBackbone("fake/text", weights="none"), sample_texts()),
+    ):
         report = check_backbone(bb, items)
         assert report.ok, report.summary()
         assert [r.name for r in report.results] == list(CHECKS)

@@ -17,8 +17,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def plugin_target(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     cmd = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-        "--target", str(target), str(FIXTURES / "tlkit-hello"), str(FIXTURES / "tlkit-broken"),
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--target",
+        str(target),
+        str(FIXTURES / "tlkit-hello"),
+        str(FIXTURES / "tlkit-broken"),
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=240)
     assert (target / "tlkit_hello").is_dir()
@@ -51,7 +61,9 @@ def test_broken_plugin_is_reported_and_the_rest_works(plugin_target):
     assert "tlkit_dependency_that_does_not_exist" in infos["broken"]["error"]
     assert infos["hello"]["status"] == "ok" and infos["hello"]["version"] == "0.3.0"
     assert sorted(infos["hello"]["hooks"]) == [
-        "tlkit_register_backbones", "tlkit_register_commands", "tlkit_register_heads",
+        "tlkit_register_backbones",
+        "tlkit_register_commands",
+        "tlkit_register_heads",
     ]
     warnings = [line for line in out.stderr.splitlines() if "broken" in line]
     assert len(warnings) == 1 and "failed to load" in warnings[0]

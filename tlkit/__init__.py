@@ -31,9 +31,31 @@ _LAZY = {
     "Reader": "tlkit.data",
     "Record": "tlkit.data",
     "build_head": "tlkit.heads",
+    "extract": "tlkit.extraction",
+    "ExtractResult": "tlkit.extraction",
+    "load_features": "tlkit.cache",
+    "FeatureCache": "tlkit.cache",
+    "merge_caches": "tlkit.cache",
+    "verify_cache": "tlkit.cache",
     "register_plugin": "tlkit.plugins",
     "unregister_plugin": "tlkit.plugins",
     "list_plugins": "tlkit.plugins",
+    # heads on cached features, prediction and evaluation (the module is tlkit.inference, so no submodule
+    # shadows the tlkit.predict function)
+    "train_head": "tlkit.train",
+    "TrainResult": "tlkit.train",
+    "predict": "tlkit.inference",
+    "evaluate": "tlkit.inference",
+    "Predictions": "tlkit.inference",
+    "Evaluation": "tlkit.inference",
+    "run_demo": "tlkit.demo",
+    # fine-tuning (the engine module is tlkit.finetuning, so no submodule shadows the tlkit.finetune function)
+    "finetune": "tlkit.finetuning",
+    "FinetuneResult": "tlkit.finetuning",
+    "TransferModel": "tlkit.model",
+    "lr_find": "tlkit.lrfind",
+    "advise": "tlkit.advise",
+    "export_model": "tlkit.export",
 }
 
 __all__ = ["TlkitError", "__version__", "hookimpl", *_LAZY]

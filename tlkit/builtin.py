@@ -27,10 +27,18 @@ def tlkit_register_backbones(register: Callable[..., None]) -> None:
 
 @hookimpl
 def tlkit_register_heads(register: Callable[..., None]) -> None:
-    from tlkit.heads import linear_head, mlp_head
+    from tlkit.heads import knn_head, linear_head, mlp_head
+    from tlkit.heads_sklearn import sklearn_head
 
     register("linear", linear_head, kind="torch", summary="one linear layer (a linear probe)")
     register("mlp", mlp_head, kind="torch", summary="hidden layers + activation + dropout (default 256, relu, 0.5)")
+    register("knn", knn_head, kind="torch", summary="cosine k-nearest neighbours (k=20, softmax-weighted votes)")
+    register(
+        "sklearn",
+        sklearn_head,
+        kind="estimator",
+        summary="any scikit-learn classifier: --param estimator=logreg|svm|ridge|rf|knn|import.path",
+    )
 
 
 @hookimpl

@@ -178,12 +178,18 @@ def heads_cmd(as_json: bool) -> None:
 @cli.command("blocks")
 @click.argument("name")
 @click.option("--weights", default="none", show_default=True, help="pretrained, none or a local path.")
+@click.option("--unfreeze", metavar="SPEC", help="Freeze report for: none, all, last:N, from:NAME, names.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def blocks_cmd(name: str, weights: str, as_json: bool) -> None:
+def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> None:
     """Show a backbone's named blocks, earliest first, with parameter counts."""
     from tlkit.api import get_backbone
 
     bb = get_backbone(name, weights=weights)
+    if unfreeze:
+        from tlkit.commands.finetune import show_freeze_preview
+
+        show_freeze_preview(bb, unfreeze, as_json)
+        return
     rows = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(bb.blocks())]
     if as_json:
         echo_json([{"index": r[0], "name": r[1], "params": r[2], "tensors": r[3]} for r in rows])

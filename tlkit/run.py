@@ -174,5 +174,3 @@ def rewrite_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]
     with atomic_write(path, "w") as fh:
         for row in rows:
             fh.write(json.dumps(dict(row), default=float) + "\n")
-
-
