@@ -28,6 +28,12 @@ def test_readme_python_blocks_run(tmp_path):
 
 
 def test_readme_tlkit_commands_run(tmp_path):
+    from tlkit.testing import make_image_folder
+
+    # The quickstart's data: a labelled class folder and a flat folder of new images.
+    make_image_folder(tmp_path / "data" / "train", classes=2, per_class=8, size=(64, 64))
+    make_image_folder(tmp_path / "new", classes=1, per_class=3, size=(64, 64), seed=1)
+    (tmp_path / "new" / "class_0").rename(tmp_path / "data" / "new")
     commands = []
     for block in code_blocks(ROOT / "README.md", "bash"):
         for line in block.splitlines():

@@ -150,7 +150,16 @@ class Backbone(ABC):
     def load(self) -> Backbone:
         """Build and load the model (idempotent), in eval mode, on the CPU. Returns ``self``."""
         if self._module is None:
-            module = self._build()
+            if self.weights_kind() == WEIGHTS_NONE:
+                # Random init is seeded, so every process (torchrun ranks, --shard jobs, a resumed run) builds the
+                # same network that the fingerprint names.
+                import torch
+
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    module = self._build()
+            else:
+                module = self._build()
             module.eval()
             self._module = module
         return self
