@@ -169,13 +169,17 @@ def test_shard_jobs_then_cache_merge_equal_single_process(images, single, tmp_pa
         tlkit.extract("fake/image", images, fp16, shard="2/3", **{**EXTRACT_API, "store_dtype": "float16"})
         wide = tmp_path / "wide.h5"
         tlkit.extract("fake/image", images, wide, shard="2/3", **{**EXTRACT_API, "commit_rows": 8})
+        short = tmp_path / "short.h5"
+        tlkit.extract("fake/image", images, short, shard="2/3", limit=80, **EXTRACT_API)
     res = run_cli("cache", "merge", parts[0], parts[1], fp16, "-o", tmp_path / "m4.h5", check=False)
     assert res.returncode == 1 and "was not made like" in res.stderr and "store dtype" in res.stderr
     with pytest.raises(CacheError, match="different windows"):
         merge_caches([parts[0], parts[1], wide], tmp_path / "m5.h5")
+    with pytest.raises(CacheError, match="different --limit"):  # the shards would leave items out
+        merge_caches([parts[0], parts[1], short], tmp_path / "m6.h5")
     with pytest.raises(FingerprintMismatchError):
-        merge_caches([parts[0], fp16], tmp_path / "m6.h5")
-    assert not any((tmp_path / f"m{i}.h5").exists() for i in range(1, 7))
+        merge_caches([parts[0], fp16], tmp_path / "m7.h5")
+    assert not any((tmp_path / f"m{i}.h5").exists() for i in range(1, 8))
 
 
 def test_killed_rank_resumes_its_part(images, single, tmp_path):
@@ -291,7 +295,7 @@ def test_train_streams_a_cache_larger_than_its_memory_budget(tmp_path, monkeypat
     n, d, k = 3000, 64, 3
     y = rng.integers(0, k, n)
     centers = rng.normal(0, 1, (k, d)).astype(np.float32)
-    X = centers[y] + rng.normal(0, 1.5, (n, d)).astype(np.float32)
+    X = centers[y] + rng.normal(0, 1.0, (n, d)).astype(np.float32)
     cache = tmp_path / "big.h5"
     _write_cache(cache, X, y, k)
 
@@ -306,16 +310,19 @@ def test_train_streams_a_cache_larger_than_its_memory_budget(tmp_path, monkeypat
         assert got.shape == (n, d) and not torch.equal(got, torch.from_numpy(X))  # shuffled ...
         assert torch.allclose(got.sum(0), torch.from_numpy(X).sum(0), atol=1e-2)  # ... but every row once
 
-    streamed = run_cli_env("train", cache, "-o", tmp_path / "streamed", "--head", "linear", "--epochs", "5",
-                           env={"TLKIT_MEMORY_BUDGET": "64K"})  # fmt: skip
-    loaded = run_cli_env("train", cache, "-o", tmp_path / "loaded", "--head", "linear", "--epochs", "5")
+    # the CLI under the budget streams; the same training with the rows loaded reaches the same quality
+    run_cli_env("train", cache, "-o", tmp_path / "streamed", "--head", "linear", "--epochs", "5",
+                env={"TLKIT_MEMORY_BUDGET": "64K"})  # fmt: skip
+    monkeypatch.delenv("TLKIT_MEMORY_BUDGET")
+    with one_thread():
+        loaded = tlkit.train_head(cache, tmp_path / "loaded", head="linear", epochs=5, in_memory=True)
     acc_s = json.loads((tmp_path / "streamed" / "report.json").read_text())["accuracy"]
-    acc_l = json.loads((tmp_path / "loaded" / "report.json").read_text())["accuracy"]
-    assert "accuracy" in streamed.stdout and "accuracy" in loaded.stdout
-    assert acc_s > 0.8 and abs(acc_s - acc_l) < 0.05
+    print(f"streamed accuracy {acc_s:.3f}, loaded {loaded.report.accuracy:.3f}")
+    assert acc_s > 0.8 and abs(acc_s - loaded.report.accuracy) < 0.05
 
 
 def run_cli_env(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m tlkit ARGS`` in a real subprocess, with extra environment variables."""
     proc = subprocess.run([sys.executable, "-m", "tlkit", *map(str, args)], capture_output=True, text=True,
                           timeout=240, env={**ENV, **(env or {})})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

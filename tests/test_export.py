@@ -17,6 +17,8 @@ from tlkit.errors import BadInputError, ConfigError
 from tlkit.model import TransferModel
 from tlkit.testing import sample_images, sample_texts
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

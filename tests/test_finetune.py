@@ -296,3 +296,21 @@ def test_audio_training_items_are_cropped_scaled_and_noised(tmp_path: Path) -> N
     assert torch.equal(ItemDataset(dataset, bb, train=True)[0][1], noisy)  # seeded: resumable
     result = tlkit.finetune(bb, dataset, tmp_path / "run", epochs=1, val_split=0.0, unfreeze="all", **FAST)
     assert result.epochs_run == 1 and result.evaluated_on == "train" and result.report.n == 4
+
+
+def test_fp16_uses_a_gradient_scaler_that_is_checkpointed(data: Path, tmp_path: Path) -> None:
+    from tlkit.checkpoint_state import read_meta
+
+    result = tlkit.finetune(
+        "fake/image",
+        data,
+        tmp_path / "run",
+        epochs=1,
+        head_epochs=0,
+        unfreeze="all",
+        val_split=0.0,
+        **{**FAST, "precision": "fp16"},
+    )
+    assert result.epochs_run == 1
+    scaler = read_meta(tmp_path / "run" / "checkpoints" / "last.safetensors")["scaler"]
+    assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 1  # a real, enabled scaler stepped and was saved

@@ -154,7 +154,7 @@ def lr_find(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0 if opts.grad_clip is None else opts.grad_clip)
         optimizer.step()
-        value = float(loss)
+        value = float(loss.detach())
         avg = beta * avg + (1 - beta) * value
         smooth = avg / (1 - beta ** (len(losses) + 1))
         lrs.append(lr)

@@ -220,7 +220,7 @@ class FeatureTable:
 
         total = torch.zeros(self.dim, dtype=torch.float64)
         squares = torch.zeros(self.dim, dtype=torch.float64)
-        for x, _ in self.batches(max(1, CHUNK_BYTES // (4 * self.dim)), augment=False):
+        for x, _ in self.batches(max(1, min(CHUNK_BYTES, memory_budget()) // (4 * self.dim)), augment=False):
             x = x.double().cpu()
             total += x.sum(0)
             squares += (x * x).sum(0)
