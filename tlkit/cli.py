@@ -200,13 +200,10 @@ def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> 
 
 def _attach_command_modules() -> None:
     import importlib
-    import importlib.util
 
     from tlkit.commands import COMMAND_MODULES
 
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:  # a command family not written yet
-            continue
         importlib.import_module(name).register(cli)
 
 
