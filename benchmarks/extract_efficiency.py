@@ -42,7 +42,7 @@ def main() -> None:
     import tlkit
     from tlkit.data import open_dataset
     from tlkit.data.open import get_reader
-    from tlkit.extraction import Runner, resolve_device, resolve_precision
+    from tlkit.extraction.engine import Runner, resolve_device, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)

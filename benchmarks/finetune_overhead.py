@@ -72,7 +72,7 @@ def run_manual(args: argparse.Namespace, data: Path) -> tuple[float, float]:
     from torchvision.datasets import ImageFolder
 
     import tlkit
-    from tlkit.freeze import resolve_unfreeze
+    from tlkit.finetuning.freeze import resolve_unfreeze
 
     start = time.perf_counter()
     torch.manual_seed(0)

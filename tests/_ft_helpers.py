@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tlkit.finetuning import FinetuneEngine, FinetuneEvent, FinetuneOptions
+from tlkit.finetuning.engine import FinetuneEngine, FinetuneEvent, FinetuneOptions
 from tlkit.testing import make_image_folder
 
 #: Small, fast defaults for a run on fake/image.
@@ -74,7 +74,7 @@ def write_head_run(
     params: dict[str, Any] | None = None,
 ) -> Path:
     """A head run directory in the format `tlkit train` writes (config kind "head", head.safetensors)."""
-    from tlkit.run import HEAD_WEIGHTS, new_config, save_tensors, write_json
+    from tlkit.runs.rundir import HEAD_WEIGHTS, new_config, save_tensors, write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(run_dir / HEAD_WEIGHTS, head.state_dict())

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 @pytest.fixture
 def fresh_plugins():
     """Rediscover plugins before and after the test (for tests that change TLKIT_PLUGINS or register plugins)."""
-    from tlkit import plugins
+    from tlkit.host import manager as plugins
 
     plugins.reset()
     yield plugins

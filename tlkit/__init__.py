@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 from tlkit.errors import TlkitError
-from tlkit.hookspecs import hookimpl
+from tlkit.host.hookspecs import hookimpl
 
 try:
     from importlib.metadata import version as _version
@@ -20,42 +20,42 @@ except Exception:  # running from a source tree that is not installed
 
 # name -> module that defines it; resolved on first attribute access (PEP 562).
 _LAZY = {
-    "Backbone": "tlkit.backbone",
-    "BackboneSpec": "tlkit.backbone",
-    "Block": "tlkit.backbone",
-    "get_backbone": "tlkit.api",
-    "list_backbones": "tlkit.api",
-    "list_heads": "tlkit.api",
+    "Backbone": "tlkit.contract.backbone",
+    "BackboneSpec": "tlkit.contract.backbone",
+    "Block": "tlkit.contract.backbone",
+    "get_backbone": "tlkit.host.api",
+    "list_backbones": "tlkit.host.api",
+    "list_heads": "tlkit.host.api",
     "open_dataset": "tlkit.data",
     "Dataset": "tlkit.data",
     "Reader": "tlkit.data",
     "Record": "tlkit.data",
-    "build_head": "tlkit.heads",
-    "extract": "tlkit.extraction",
-    "ExtractResult": "tlkit.extraction",
-    "load_features": "tlkit.cache",
-    "FeatureCache": "tlkit.cache",
-    "merge_caches": "tlkit.cache",
-    "verify_cache": "tlkit.cache",
-    "register_plugin": "tlkit.plugins",
-    "unregister_plugin": "tlkit.plugins",
-    "list_plugins": "tlkit.plugins",
-    # heads on cached features, prediction and evaluation (the module is tlkit.inference, so no submodule
+    "build_head": "tlkit.heads.torch_heads",
+    "extract": "tlkit.extraction.engine",
+    "ExtractResult": "tlkit.extraction.engine",
+    "load_features": "tlkit.cache.core",
+    "FeatureCache": "tlkit.cache.core",
+    "merge_caches": "tlkit.cache.core",
+    "verify_cache": "tlkit.cache.core",
+    "register_plugin": "tlkit.host.manager",
+    "unregister_plugin": "tlkit.host.manager",
+    "list_plugins": "tlkit.host.manager",
+    # heads on cached features, prediction and evaluation (the module is tlkit.runs.inference, so no submodule
     # shadows the tlkit.predict function)
-    "train_head": "tlkit.train",
-    "TrainResult": "tlkit.train",
-    "predict": "tlkit.inference",
-    "evaluate": "tlkit.inference",
-    "Predictions": "tlkit.inference",
-    "Evaluation": "tlkit.inference",
+    "train_head": "tlkit.heads.training",
+    "TrainResult": "tlkit.heads.training",
+    "predict": "tlkit.runs.inference",
+    "evaluate": "tlkit.runs.inference",
+    "Predictions": "tlkit.runs.inference",
+    "Evaluation": "tlkit.runs.inference",
     "run_demo": "tlkit.demo",
-    # fine-tuning (the engine module is tlkit.finetuning, so no submodule shadows the tlkit.finetune function)
-    "finetune": "tlkit.finetuning",
-    "FinetuneResult": "tlkit.finetuning",
-    "TransferModel": "tlkit.model",
-    "lr_find": "tlkit.lrfind",
-    "advise": "tlkit.advise",
-    "export_model": "tlkit.export",
+    # fine-tuning (the engine module is tlkit.finetuning.engine, so no submodule shadows the tlkit.finetune function)
+    "finetune": "tlkit.finetuning.engine",
+    "FinetuneResult": "tlkit.finetuning.engine",
+    "TransferModel": "tlkit.runs.model",
+    "lr_find": "tlkit.finetuning.lrfind",
+    "advise": "tlkit.runs.advise",
+    "export_model": "tlkit.runs.export",
 }
 
 __all__ = ["TlkitError", "__version__", "hookimpl", *_LAZY]

@@ -11,7 +11,25 @@ from collections.abc import Iterable
 
 
 class TlkitError(Exception):
-    """Base class for every error tlkit raises on purpose."""
+    """Base class for every error tlkit raises on purpose.
+
+    A message that is about one parameter writes it as ``{param}`` and passes ``param=`` (the Python parameter
+    name): the library's message then names the parameter (``precision='x' ...``), and the CLI, which knows which
+    flag set it, names the flag instead (``--precision 'x' ...``) through :meth:`for_flag`.
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        self.param = param
+        if param is not None and args and isinstance(args[0], str):
+            self.template: str | None = args[0]
+            args = (args[0].replace("{param}", param), *args[1:])
+        else:
+            self.template = None
+        super().__init__(*args)
+
+    def for_flag(self, flag: str) -> str:
+        """The message with the parameter written as the CLI flag ``flag``."""
+        return self.template.replace("{param}", flag) if self.template is not None else str(self)
 
 
 class UnknownNameError(TlkitError, KeyError):

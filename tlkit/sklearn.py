@@ -18,7 +18,7 @@ from typing import Any
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from tlkit.backbone import Backbone
+from tlkit.contract.backbone import Backbone
 from tlkit.data.base import Dataset, Reader, Record
 from tlkit.errors import BadInputError, ConfigError
 
@@ -78,7 +78,7 @@ class ItemsReader(Reader):
     def load(self, record: Record) -> Any:
         if self.modality == "text":
             return record.source
-        from tlkit.registry import get_registry
+        from tlkit.host.registry import get_registry
 
         for entry in get_registry().readers.values():
             if entry.modality == self.modality:
@@ -119,7 +119,7 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
         An HDF5 feature cache to reuse embeddings across clones, processes and sessions. ``None`` keeps them in
         process memory (cleared by :meth:`clear_memory`).
     weights, device, precision, batch_size, workers :
-        As for :func:`tlkit.extraction.extract`. ``workers=0`` decodes in-process, which suits small jobs.
+        As for :func:`tlkit.extraction.engine.extract`. ``workers=0`` decodes in-process, which suits small jobs.
     layer : str or None
         Return this cached block's pooled output instead of the final embedding.
     backbone_options : dict or None
@@ -221,18 +221,18 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
             return self.backbone.replace(**opts) if opts else self.backbone
         if not isinstance(self.backbone, str):
             raise ConfigError(f"backbone must be a name or a tlkit.Backbone, not {type(self.backbone).__name__}")
-        from tlkit.api import get_backbone
+        from tlkit.host.api import get_backbone
 
         return get_backbone(self.backbone, weights=self.weights, **opts)
 
     def _run_key(self) -> str:
-        from tlkit.extraction import resolve_device, resolve_precision
+        from tlkit.extraction.engine import resolve_device, resolve_precision
 
         dev = resolve_device(self.device)
         return f"{self.backbone_.fingerprint()}:{resolve_precision(self.precision, dev)}:{self.layer}"
 
     def _embed_in_memory(self, records: list[Record]) -> dict[str, Any]:
-        from tlkit.extraction import embed_records
+        from tlkit.extraction.engine import embed_records
 
         store = _MEMORY.setdefault(self._run_key(), {})
         todo = [r for r in records if r.id not in store]
@@ -250,8 +250,8 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
     def _embed_with_cache(self, unique: list[Record], records: list[Record]) -> Any:
         import numpy as np
 
-        from tlkit.cache import COPY_ROWS, FeatureCache
-        from tlkit.extraction import extract
+        from tlkit.cache.core import COPY_ROWS, FeatureCache
+        from tlkit.extraction.engine import extract
 
         dataset = Dataset(Path("<items>"), f"items:{self.modality_}", self.modality_, unique, [])
         extract(

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import BackboneSpec
+from tlkit.contract.backbone import BackboneSpec
 from tlkit.errors import BadInputError, ConfigError
 from tlkit_hf.audio_families import FAMILIES, AudioFamily
 from tlkit_hf.base import HFBackbone

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import WEIGHTS_NONE, Backbone, Block
+from tlkit.contract.backbone import WEIGHTS_NONE, Backbone, Block
 from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
 from tlkit_hf.blocks import BlockLayout, capture_outputs
 from tlkit_hf.naming import PREFIX, modality_of, model_type_of, split_name
@@ -124,7 +124,7 @@ class HFBackbone(Backbone):
         return model
 
     def _load_state_file(self, module: nn.Module) -> None:
-        from tlkit.checkpoint import load_state_dict_file
+        from tlkit.contract.weights import load_state_dict_file
 
         path = self.local_weights_path()
         state = load_state_dict_file(path)

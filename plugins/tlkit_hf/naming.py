@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import BadInputError
 
 if TYPE_CHECKING:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
 
 PREFIX = "hf/"
 PLUGIN = "hf"
@@ -156,7 +156,7 @@ def model_type_of(ref: str, name: str, revision: str | None = None) -> str:
 
 
 def entry_for(name: str, modality: str, summary: str = "") -> BackboneEntry:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
     from tlkit_hf.audio import HFAudioBackbone
     from tlkit_hf.text import HFTextBackbone
 

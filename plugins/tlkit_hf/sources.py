@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlkit.backbone import hash_path
+from tlkit.contract.backbone import hash_path
 from tlkit.errors import BadInputError
 from tlkit_hf.naming import config_dir, local_dir, read_json_file
 

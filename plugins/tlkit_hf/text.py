@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import BackboneSpec
+from tlkit.contract.backbone import BackboneSpec
 from tlkit.errors import ConfigError
 from tlkit_hf.base import HFBackbone
 from tlkit_hf.blocks import BlockLayout, find_layer_list, has_child

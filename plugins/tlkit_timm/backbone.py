@@ -1,4 +1,4 @@
-"""The timm backbone: any ``timm/<architecture>[.<tag>]`` model as a tlkit :class:`~tlkit.backbone.Backbone`.
+"""The timm backbone: any ``timm/<architecture>[.<tag>]`` model as a tlkit :class:`~tlkit.contract.backbone.Backbone`.
 
 Everything model-specific comes from timm itself: preprocessing from ``resolve_model_data_config`` and
 ``create_transform``, the embedding from ``forward_features`` + ``forward_head(pre_logits=True)``, per-block
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import Backbone, BackboneSpec, Block, build_shapes_only
+from tlkit.contract.backbone import Backbone, BackboneSpec, Block, build_shapes_only
 from tlkit.data.image import as_rgb_image
 from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
 from tlkit_timm import transforms

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tlkit.errors import UnknownNameError
 
 if TYPE_CHECKING:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
 
 PREFIX = "timm/"
 PLUGIN = "timm"
@@ -64,7 +64,7 @@ def summary(name: str) -> str:
 
 
 def entry(name: str) -> BackboneEntry:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
     from tlkit_timm.backbone import TimmBackbone
 
     return BackboneEntry(name=name, factory=TimmBackbone, modality="image", summary=summary(name), plugin=PLUGIN)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tlkit.hookspecs import hookimpl
+from tlkit.host.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import Backbone, BackboneSpec, Block, build_shapes_only
+from tlkit.contract.backbone import Backbone, BackboneSpec, Block, build_shapes_only
 from tlkit.data.image import as_rgb_image
 from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
 from tlkit_torchvision import naming
@@ -251,7 +251,7 @@ class TorchvisionBackbone(Backbone):
 def load_matching(model: nn.Module, path: Any, model_name: str) -> None:
     """Load a local state dict strictly into the headless model; the file's classifier and auxiliary heads are
     dropped (the backbone does not use them), anything else that does not fit is an error naming the file."""
-    from tlkit.checkpoint import load_state_dict_file
+    from tlkit.contract.weights import load_state_dict_file
 
     state = load_state_dict_file(path)
     if state and all(k.startswith("module.") for k in state):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import UnknownNameError
 
 if TYPE_CHECKING:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
 
 PREFIX = "torchvision/"
 PLUGIN = "torchvision"
@@ -74,7 +74,7 @@ def unknown_weights(model: str, weights: str) -> UnknownNameError:
 
 
 def entry(name: str) -> BackboneEntry:
-    from tlkit.registry import BackboneEntry
+    from tlkit.host.registry import BackboneEntry
     from tlkit_torchvision.backbone import TorchvisionBackbone
 
     return BackboneEntry(

@@ -12,7 +12,7 @@ from tlkit.errors import BadInputError
 
 def pick_reader(path: Path, modality: str, reader: str | None = None) -> Reader:
     """The named reader, or the first registered reader of ``modality`` that can read ``path``."""
-    from tlkit.registry import get_reader_entry, get_registry
+    from tlkit.host.registry import get_reader_entry, get_registry
 
     if reader:
         return get_reader_entry(reader).reader
@@ -39,6 +39,6 @@ def open_dataset(
 
 
 def get_reader(dataset: Dataset) -> Reader:
-    from tlkit.registry import get_reader_entry
+    from tlkit.host.registry import get_reader_entry
 
     return get_reader_entry(dataset.reader).reader

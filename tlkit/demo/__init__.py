@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import BadInputError, UnknownNameError
 
 if TYPE_CHECKING:
-    from tlkit.inference import Evaluation
-    from tlkit.train import TrainResult
+    from tlkit.runs.inference import Evaluation
+    from tlkit.heads.training import TrainResult
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_BACKBONE = "effnet/lite0"
@@ -78,13 +78,13 @@ def run_demo(
     :param backbone: the backbone (default ``effnet/lite0`` from the example plugin ``tlkit-effnet-lite``).
     :param data: a folder with ``train/`` and ``val/`` class folders (default: the packaged sample).
     :param extract_progress: ``extract_progress(title)`` returns a progress callback for one extraction.
-    :param train_progress: a callback for :class:`tlkit.train.TrainEvent` objects.
+    :param train_progress: a callback for :class:`tlkit.heads.training.TrainEvent` objects.
     :param log: receives one line per step.
     """
-    from tlkit.api import get_backbone
-    from tlkit.extraction import extract
-    from tlkit.inference import evaluate
-    from tlkit.train import train_head
+    from tlkit.host.api import get_backbone
+    from tlkit.extraction.engine import extract
+    from tlkit.runs.inference import evaluate
+    from tlkit.heads.training import train_head
 
     started = time.perf_counter()
     say = log or (lambda msg: None)

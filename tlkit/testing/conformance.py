@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tlkit.backbone import REQUIRED_PREPROCESS_KEYS, Backbone
+from tlkit.contract.backbone import REQUIRED_PREPROCESS_KEYS, Backbone
 
 CHECKS = (
     "preprocess_config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tlkit.backbone import Backbone, BackboneSpec, Block, blocks_from_prefixes
+from tlkit.contract.backbone import Backbone, BackboneSpec, Block, blocks_from_prefixes
 
 if TYPE_CHECKING:
     import torch
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _load_local_state(backbone: Backbone, module: nn.Module) -> None:
-    from tlkit.checkpoint import load_state_dict_file
+    from tlkit.contract.weights import load_state_dict_file
 
     module.load_state_dict(load_state_dict_file(backbone.local_weights_path()))
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tlkit_timm.backbone import TimmBackbone, strip_classifier
 
-from tlkit.backbone import hash_path
+from tlkit.contract.backbone import hash_path
 from tlkit.errors import TlkitError
 
 if TYPE_CHECKING:

@@ -1,0 +1,116 @@
+"""The conformance kit passes on the fake backbones and fails, by name, on deliberately broken ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tlkit.contract.backbone import Block
+from tlkit.testing import CHECKS, assert_conformant, check_backbone, sample_images, sample_texts
+from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
+
+
+@pytest.fixture(scope="module")
+def images():
+    return sample_images(4)
+
+
+def test_fake_backbones_conform(images):
+    for bb, items in (
+        (FakeImageBackbone("fake/image", weights="none"), images),
+        (FakeTextBackbone("fake/text", weights="none"), sample_texts()),
+    ):
+        report = check_backbone(bb, items)
+        assert report.ok, report.summary()
+        assert [r.name for r in report.results] == list(CHECKS)
+
+
+def test_pytest_fixture_is_registered(tlkit_conformance, images):
+    report = tlkit_conformance(FakeImageBackbone("fake/image", weights="none"), images)
+    assert report.ok
+
+
+class NoPreprocessConfig(FakeImageBackbone):
+    DEFAULT_PREPROCESS = {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3, "std": []}
+
+    def preprocess_item(self, item, *, train=False):
+        return super().replace(preprocess={"std": [0.25] * 3}).preprocess_item(item, train=train)
+
+
+class WrongShape(FakeImageBackbone):
+    def embed(self, batch):
+        return super().embed(batch)[:, :8]
+
+
+class NonDeterministic(FakeImageBackbone):
+    def embed(self, batch):
+        out = super().embed(batch)
+        return out + 1e-3 * torch.rand_like(out)
+
+
+class BatchDependent(FakeImageBackbone):
+    def embed(self, batch):
+        out = super().embed(batch)
+        return out - out.mean(dim=0, keepdim=True) if len(out) > 1 else out  # leaks batch statistics
+
+
+class MissingParam(FakeImageBackbone):
+    def blocks(self):
+        blocks = super().blocks()
+        return [Block(blocks[0].name, blocks[0].params[1:]), *blocks[1:]]
+
+
+class DoubleCounted(FakeImageBackbone):
+    def blocks(self):
+        blocks = super().blocks()
+        return [blocks[0], Block(blocks[1].name, blocks[1].params + blocks[0].params[:1]), *blocks[2:]]
+
+
+class UnstableFingerprint(FakeImageBackbone):
+    _counter = 0
+
+    def fingerprint(self):
+        UnstableFingerprint._counter += 1
+        return f"fp-{UnstableFingerprint._counter}"
+
+
+class FingerprintIgnoresPreprocess(FakeImageBackbone):
+    def fingerprint(self):
+        return "always-the-same"
+
+
+BROKEN = [
+    (NoPreprocessConfig, "preprocess_config"),
+    (WrongShape, "embedding_shape"),
+    (NonDeterministic, "determinism"),
+    (BatchDependent, "batch_invariance"),
+    (MissingParam, "blocks_cover_params"),
+    (DoubleCounted, "blocks_cover_params"),
+    (UnstableFingerprint, "fingerprint_stable"),
+    (FingerprintIgnoresPreprocess, "fingerprint_tracks_preprocess"),
+]
+
+
+@pytest.mark.parametrize(("cls", "check"), BROKEN, ids=[c.__name__ for c, _ in BROKEN])
+def test_each_broken_backbone_fails_its_check(cls, check, images):
+    report = check_backbone(cls("fake/image", weights="none"), images)
+    assert not report.ok
+    assert check in report.failed, report.summary()
+    assert report[check].detail
+    with pytest.raises(AssertionError, match=check):
+        assert_conformant(cls("fake/image", weights="none"), images)
+
+
+def test_a_crashing_check_is_a_failure_not_an_error(images):
+    class Crashes(FakeImageBackbone):
+        def blocks(self):
+            raise RuntimeError("boom")
+
+    report = check_backbone(Crashes("fake/image", weights="none"), images)
+    assert report.failed == ["blocks_cover_params"]
+    assert "RuntimeError: boom" in report["blocks_cover_params"].detail
+
+
+def test_needs_two_items(images):
+    with pytest.raises(ValueError):
+        check_backbone(FakeImageBackbone("fake/image", weights="none"), images[:1])

@@ -1,0 +1,70 @@
+"""The demo: the packaged Fashion-MNIST sample is what the script makes, and ``tlkit demo`` runs offline end to end
+with the example plugin's real EfficientNet-Lite0 weights."""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlkit.demo import DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["ankle-boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "t-shirt", "trouser"]
+
+
+def test_packaged_sample_has_class_folders_and_a_split():
+    for split, per_class in (("train", 80), ("val", 20)):
+        folders = sorted(p.name for p in (DATA / split).iterdir() if p.is_dir())
+        assert folders == CLASSES
+        for name in folders:
+            assert len(list((DATA / split / name).glob("*.png"))) == per_class
+    size = sum(p.stat().st_size for p in DATA.rglob("*.png"))
+    assert 100_000 < size < 800_000  # a few hundred KB
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_sample_is_what_the_script_makes(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.make(FASHION, tmp_path) == 1000
+    compare = filecmp.dircmp(tmp_path, DATA, ignore=["__pycache__"])
+    mismatched = []
+
+    def walk(cmp: filecmp.dircmp) -> None:
+        mismatched.extend(cmp.left_only + cmp.right_only + cmp.diff_files)
+        for sub in cmp.subdirs.values():
+            walk(sub)
+
+    walk(compare)
+    assert not mismatched
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_end_to_end(tmp_path):
+    from tlkit.host.registry import get_registry
+
+    if "effnet/lite0" not in get_registry().backbones:
+        pytest.skip("the example plugin is not installed: pip install -e plugins/examples/tlkit-effnet-lite")
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-m", "tlkit", "demo", "-o", str(tmp_path / "demo"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    accuracy = float(first.split()[1])
+    assert accuracy >= 0.7, out.stdout  # 10 classes: chance is 0.1; real ImageNet features give ~0.8
+    run = tmp_path / "demo" / "run"
+    for name in ("config.json", "head.safetensors", "report.json", "curves.png", "confusion.png", "sweep.json"):
+        assert (run / name).is_file()
+    assert str(run) in out.stdout and "confusion.png" in out.stdout

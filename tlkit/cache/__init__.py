@@ -1,0 +1,1 @@
+"""The HDF5 feature cache: its public format, writing, reading, verification, export and merge."""

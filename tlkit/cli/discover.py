@@ -1,0 +1,125 @@
+"""Discovery commands: ``tlkit plugins``, ``backbones`` (and ``backbones info``), ``heads`` and ``blocks``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tlkit.cli.group import TlkitGroup, echo_json, print_table
+
+
+# -- plugins --------------------------------------------------------------------------------------------------
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_cmd(as_json: bool) -> None:
+    """List discovered plugins: name, version, hooks and status (ok, broken, disabled)."""
+    from tlkit.host.manager import list_plugins
+
+    infos = list_plugins()
+    if as_json:
+        echo_json([i.to_dict() for i in infos])
+        return
+    rows = [
+        [
+            i.name,
+            i.dist,
+            i.version,
+            i.status + (f": {i.error}" if i.error else ""),
+            ", ".join(h.removeprefix("tlkit_") for h in i.hooks),
+        ]
+        for i in infos
+    ]
+    print_table(["plugin", "distribution", "version", "status", "hooks"], rows)
+
+
+# -- backbones ------------------------------------------------------------------------------------------------
+@click.group("backbones", cls=TlkitGroup, invoke_without_command=True)
+@click.option("--modality", type=click.Choice(["image", "text", "audio"]), help="Only this modality.")
+@click.option("--filter", "pattern", metavar="GLOB", help="Glob on the name, e.g. 'timm/convnext*'.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def backbones_cmd(ctx: click.Context, modality: str | None, pattern: str | None, as_json: bool) -> None:
+    """List backbones. Open-ended families (any timm model, any HF id) are listed through --filter."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tlkit.host.registry import list_backbones
+
+    entries = list_backbones(pattern, modality)
+    if as_json:
+        echo_json([{"name": e.name, "modality": e.modality, "plugin": e.plugin, "summary": e.summary} for e in entries])
+        return
+    if not entries:
+        raise click.ClickException(f"no backbones match {pattern!r}" if pattern else "no backbones installed")
+    print_table(["name", "modality", "plugin", "summary"], [[e.name, e.modality, e.plugin, e.summary] for e in entries])
+
+
+@backbones_cmd.command("info")
+@click.argument("name")
+@click.option(
+    "--weights",
+    default="none",
+    show_default=True,
+    help="Weights used to build it for inspection: pretrained, none or a local path.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backbones_info_cmd(name: str, weights: str, as_json: bool) -> None:
+    """Show a backbone's spec: modality, embedding size, preprocessing, pooling, weights, blocks."""
+    from tlkit.host.api import get_backbone
+
+    bb = get_backbone(name, weights=weights)
+    spec = bb.spec.to_dict()
+    blocks = [{"name": b.name, "params": b.n_params(bb.module)} for b in bb.blocks()]
+    info = {**spec, "fingerprint": bb.fingerprint(), "blocks": blocks}
+    if as_json:
+        echo_json(info)
+        return
+    for key in ("name", "modality", "embed_dim", "pooling", "weights", "source", "license", "fingerprint"):
+        click.echo(f"{key:12} {info.get(key)}")
+    click.echo("preprocess")
+    for k, v in spec["preprocess"].items():
+        click.echo(f"  {k:18} {v}")
+    click.echo(f"blocks       {len(blocks)}: " + ", ".join(b["name"] for b in blocks))
+
+
+# -- heads ----------------------------------------------------------------------------------------------------
+@click.command("heads")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def heads_cmd(as_json: bool) -> None:
+    """List head types."""
+    from tlkit.host.api import list_heads
+
+    entries = list_heads()
+    if as_json:
+        echo_json([{"name": e.name, "kind": e.kind, "plugin": e.plugin, "summary": e.summary} for e in entries])
+        return
+    print_table(["name", "kind", "plugin", "summary"], [[e.name, e.kind, e.plugin, e.summary] for e in entries])
+
+
+# -- blocks ---------------------------------------------------------------------------------------------------
+@click.command("blocks")
+@click.argument("name")
+@click.option("--weights", default="none", show_default=True, help="pretrained, none or a local path.")
+@click.option("--unfreeze", metavar="SPEC", help="Freeze report for: none, all, last:N, from:NAME, names.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> None:
+    """Show a backbone's named blocks, earliest first, with parameter counts."""
+    from tlkit.host.api import get_backbone
+
+    bb = get_backbone(name, weights=weights)
+    if unfreeze:
+        from tlkit.cli.finetune import show_freeze_preview
+
+        show_freeze_preview(bb, unfreeze, as_json)
+        return
+    rows = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(bb.blocks())]
+    if as_json:
+        echo_json([{"index": r[0], "name": r[1], "params": r[2], "tensors": r[3]} for r in rows])
+        return
+    total = sum(r[2] for r in rows)
+    print_table(["#", "block", "params", "tensors"], rows, title=f"{name}: {len(rows)} blocks, {total:,} params")
+
+
+def register(cli: click.Group) -> None:
+    for command in (plugins_cmd, backbones_cmd, heads_cmd, blocks_cmd):
+        cli.add_command(command)

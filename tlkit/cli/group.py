@@ -1,0 +1,97 @@
+"""The root ``tlkit`` Click group, its error handling and the shared output helpers (tables, JSON).
+
+Heavy libraries (torch, timm, transformers) are imported inside commands, never here, so ``tlkit --help``
+stays fast. Library errors (:class:`tlkit.errors.TlkitError`) become one-line messages with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from tlkit import __version__
+from tlkit.errors import TlkitError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _format_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
+class TlkitGroup(click.Group):
+    """A group that turns library errors into clean messages and adds plugin commands on first use."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self.parent_is_root and not TlkitGroup._plugins_added:
+            TlkitGroup._plugins_added = True
+            from tlkit.host.manager import get_plugin_manager
+
+            try:
+                get_plugin_manager().hook.tlkit_register_commands(cli=self)
+            except TlkitError as exc:
+                click.echo(f"warning: {exc}", err=True)
+
+    @property
+    def parent_is_root(self) -> bool:
+        return self.name == "tlkit"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def _message(self, ctx: click.Context, exc: TlkitError) -> str:
+        """The library names parameters; the user typed flags. Name the flag of the command that failed."""
+        if exc.param is None:
+            return str(exc)
+        command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        for param in getattr(command, "params", []):
+            if param.name == exc.param and isinstance(param, click.Option):
+                return exc.for_flag(max(param.opts, key=len))
+        return exc.for_flag("--" + exc.param.replace("_", "-"))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TlkitError as exc:
+            raise click.ClickException(self._message(ctx, exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=TlkitGroup, name="tlkit", context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="tlkit")
+def cli() -> None:
+    """tlkit: adapt pretrained models to your data.
+
+    Feature extraction (frozen backbone, cached features, a small head) or fine-tuning (unfreeze chosen blocks at a
+    lower learning rate), for image, text and audio backbones from plugins.
+    """
+    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if rows and isinstance(rows[0][i], int | float) else "left")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
+    Console(soft_wrap=True).print(table)

@@ -1,0 +1,1 @@
+"""The backbone contract: what every backbone plugin implements, its spec, blocks, fingerprints and weight files."""

@@ -1,0 +1,164 @@
+"""Which backbone blocks train: the ``--unfreeze`` spec, resolved only through ``Backbone.blocks()``.
+
+Spec grammar (the head always trains):
+
+- ``none`` (or ``head``): head only, the whole backbone frozen;
+- ``all``: every block;
+- ``last:N``: the last N blocks (the top of the network, nearest the head);
+- ``from:NAME``: block NAME and every block after it;
+- block names and globs, comma-separated: ``stages.2,stages.3`` or ``layer.1*``. In a ``--schedule`` phase, where
+  commas separate phases, join names with ``+`` instead (``stages.2+stages.3:2``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tlkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tlkit.contract.backbone import Block
+
+HEAD_ONLY = ("none", "head")
+
+
+def _names(blocks: Sequence[Block | str]) -> list[str]:
+    return [b if isinstance(b, str) else b.name for b in blocks]
+
+
+def _unknown(name: str, spec: str, names: list[str]) -> ConfigError:
+    return ConfigError(
+        f"unknown block {name!r} in unfreeze spec {spec!r}; the backbone's blocks are: {', '.join(names)} "
+        f"(see `tlkit blocks BACKBONE`)"
+    )
+
+
+def resolve_unfreeze(spec: str, blocks: Sequence[Block | str]) -> list[str]:
+    """The names of the blocks ``spec`` unfreezes, in the backbone's order (earliest first).
+
+    Raises :class:`ConfigError` for a malformed spec or a block name the backbone does not have; the message
+    lists the available block names.
+    """
+    names = _names(blocks)
+    text = (spec or "").strip()
+    if not text:
+        raise ConfigError("empty unfreeze spec; use none, all, last:N, from:NAME or block names")
+    low = text.lower()
+    if low in HEAD_ONLY:
+        return []
+    if low == "all":
+        return list(names)
+    if low.startswith("last:"):
+        raw = text[5:]
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ConfigError(f"unfreeze spec {spec!r}: last:N needs a whole number, not {raw!r}") from None
+        if n < 0 or n > len(names):
+            raise ConfigError(
+                f"unfreeze spec {spec!r}: the backbone has {len(names)} blocks ({', '.join(names)}); "
+                f"use last:0 to last:{len(names)} or all"
+            )
+        return names[len(names) - n :] if n else []
+    if low.startswith("from:"):
+        start = text[5:].strip()
+        if start not in names:
+            raise _unknown(start, spec, names)
+        return names[names.index(start) :]
+    chosen: set[str] = set()
+    for part in text.replace("+", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part in names:
+            chosen.add(part)
+            continue
+        matched = fnmatch.filter(names, part) if any(ch in part for ch in "*?[") else []
+        if not matched:
+            raise _unknown(part, spec, names)
+        chosen.update(matched)
+    return [n for n in names if n in chosen]
+
+
+def check_unfreeze_syntax(spec: str) -> None:
+    """Cheap checks that need no backbone (used to fail fast on options before a model loads)."""
+    low = (spec or "").strip().lower()
+    if not low:
+        raise ConfigError("empty unfreeze spec; use none, all, last:N, from:NAME or block names")
+    if low.startswith("last:"):
+        try:
+            if int(low[5:]) < 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"unfreeze spec {spec!r}: last:N needs a whole number ≥ 0") from None
+
+
+def set_trainable(module: nn.Module, blocks: Sequence[Block], trainable: Sequence[str]) -> None:
+    """Set ``requires_grad`` on every backbone parameter: True in the ``trainable`` blocks, False elsewhere."""
+    on = set(trainable)
+    params = dict(module.named_parameters())
+    for block in blocks:
+        flag = block.name in on
+        for name in block.params:
+            params[name].requires_grad_(flag)
+
+
+@dataclass
+class FreezeRow:
+    """One line of the freeze report."""
+
+    block: str
+    params: int
+    trainable: bool
+    lr: float
+    bn: str  # BatchNorm mode of the block's BN layers, "-" when it has none
+    since_epoch: int | None = None  # first epoch (1-based) the block trains under a schedule
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def freeze_report(
+    module: nn.Module,
+    blocks: Sequence[Block],
+    trainable: Sequence[str],
+    block_lrs: Mapping[str, float],
+    bn_modes: Mapping[str, str],
+    head_params: int,
+    head_lr: float,
+    since_epoch: Mapping[str, int] | None = None,
+) -> list[FreezeRow]:
+    """The rows of the freeze report: every block, then the head."""
+    on = set(trainable)
+    since = dict(since_epoch or {})
+    rows = [
+        FreezeRow(
+            block=b.name,
+            params=b.n_params(module),
+            trainable=b.name in on,
+            lr=float(block_lrs.get(b.name, 0.0)) if b.name in on else 0.0,
+            bn=bn_modes.get(b.name, "-"),
+            since_epoch=since.get(b.name),
+        )
+        for b in blocks
+    ]
+    rows.append(FreezeRow("head", head_params, True, float(head_lr), "-", 1 if since_epoch is not None else None))
+    return rows
+
+
+def format_report_rows(rows: Sequence[FreezeRow]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and cells for a table renderer (the CLI draws it)."""
+    with_since = any(r.since_epoch is not None for r in rows)
+    columns = ["block", "params", "trainable", "lr", "batchnorm"] + (["trains from epoch"] if with_since else [])
+    cells = []
+    for r in rows:
+        row: list[Any] = [r.block, r.params, "yes" if r.trainable else "no", f"{r.lr:.3g}" if r.lr else "0", r.bn]
+        if with_since:
+            row.append(str(r.since_epoch) if r.since_epoch else "-")
+        cells.append(row)
+    return columns, cells

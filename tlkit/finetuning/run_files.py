@@ -1,0 +1,153 @@
+"""Every file a fine-tuning run writes, in one place.
+
+The engine calls these methods and never writes files itself. Under DDP only rank 0 should write: construct
+:class:`RunFiles` with ``is_main=False`` on the other ranks and every write becomes a no-op (reads still work,
+so each rank can resume from the same checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit.finetuning.state import (
+    BEST,
+    CHECKPOINT_DIR,
+    LAST,
+    load_model_tensors,
+    load_training_state,
+    read_meta,
+    save_model_only,
+    save_training_state,
+)
+from tlkit.runs.rundir import (
+    CONFIG,
+    METRICS,
+    MODEL_WEIGHTS,
+    REPORT,
+    append_jsonl,
+    read_config,
+    read_jsonl,
+    rewrite_jsonl,
+    save_tensors,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tlkit.runs.metrics import ClassificationReport
+
+LOCK = ".lock"
+
+
+class RunFiles:
+    """The run directory of one ``tlkit finetune``: config, metrics, checkpoints, final model, report, plots."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], is_main: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.is_main = is_main
+        self._lock: Any = None
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.dir / CHECKPOINT_DIR / LAST
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.dir / CHECKPOINT_DIR / BEST
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / MODEL_WEIGHTS
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    # -- locking -------------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Refuse a second writer on the same run directory."""
+        if not self.is_main:
+            return
+        from filelock import FileLock, Timeout
+
+        from tlkit.errors import ConfigError
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.dir / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ConfigError(
+                f"{self.dir}: another tlkit finetune is writing this run directory; wait for it or use another -o"
+            ) from None
+        self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        return read_config(self.dir)
+
+    def checkpoint_meta(self) -> dict[str, Any] | None:
+        return read_meta(self.last_checkpoint) if self.last_checkpoint.is_file() else None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.dir / METRICS)
+
+    def load_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
+        return load_training_state(self.last_checkpoint, model, optimizer, scaler)
+
+    def best_model_state(self) -> dict[str, torch.Tensor] | None:
+        return load_model_tensors(self.best_checkpoint) if self.best_checkpoint.is_file() else None
+
+    # -- writes (rank 0 only) --------------------------------------------------------------------------------
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        if self.is_main:
+            write_json(self.config_path, dict(config))
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` (on resume: the checkpoint's history, dropping any epoch logged after it)."""
+        if self.is_main:
+            rewrite_jsonl(self.dir / METRICS, rows)
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        if self.is_main:
+            append_jsonl(self.dir / METRICS, row)
+
+    def save_checkpoint(self, model: nn.Module, optimizer: Any, scaler: Any, state: dict[str, Any]) -> None:
+        if self.is_main:
+            save_training_state(self.last_checkpoint, model, optimizer, scaler, state)
+
+    def save_best(self, model: nn.Module, state: dict[str, Any]) -> None:
+        if self.is_main:
+            save_model_only(self.best_checkpoint, model, state)
+
+    def save_model(self, model: nn.Module) -> None:
+        """The final model: ``model.safetensors`` with keys ``backbone.*`` and ``head.*``."""
+        if self.is_main:
+            save_tensors(self.model_path, model.state_dict(), metadata={"format": "tlkit-finetune"})
+
+    def write_report(
+        self, report: ClassificationReport, extra: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """``report.json``, ``curves.png`` and ``confusion.png``."""
+        if not self.is_main:
+            return
+        from tlkit.runs.plots import plot_confusion, plot_curves
+
+        write_json(self.dir / REPORT, {**report.to_dict(), **dict(extra)})
+        if history:
+            plot_curves(history, self.dir / "curves.png")
+        plot_confusion(report.confusion, report.class_names, self.dir / "confusion.png")

@@ -1,0 +1,177 @@
+"""Training checkpoints without pickle: every tensor in one safetensors file, everything else as JSON metadata.
+
+``RUN_DIR/checkpoints/last.safetensors`` holds, after each finished epoch:
+
+- ``model.*``: the ``TransferModel`` state dict (backbone and head weights, BatchNorm buffers);
+- ``optim.<param index>.<key>``: optimizer state tensors (AdamW moments and step counts, SGD momentum);
+- ``rng.torch``, ``rng.cuda.<i>``, ``rng.numpy``: random generator states;
+- metadata key ``tlkit_checkpoint``: JSON with the epoch, optimizer step, phase, best-so-far, early-stopping
+  counter, the optimizer's param groups and scalar state, the gradient scaler, the Python RNG and an argument digest.
+
+``best.safetensors`` holds the best model so far (``model.*`` only). Both are written with an atomic rename, so a
+``kill -9`` leaves either the previous checkpoint or the new one, never a torn file. Loading uses
+``safetensors`` only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+META_KEY = "tlkit_checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, gauss = random.getstate()
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(cached)], "python": [version, list(py_state), gauss]}
+    return tensors, meta
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    if "rng.numpy" in tensors and meta.get("numpy"):
+        name, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    if meta.get("python"):
+        version, state, gauss = meta["python"]
+        random.setstate((version, tuple(state), gauss))
+
+
+def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import torch
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v for k, v in model.state_dict().items()}
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    state: dict[str, Any],
+) -> None:
+    """Atomically write model, optimizer, scaler, RNG and the ``state`` dict (JSON-serialisable) to ``path``."""
+    from tlkit.runs.rundir import save_tensors
+
+    opt_tensors, opt_meta = _optimizer_parts(optimizer)
+    rng_tensors, rng_meta = _rng_tensors()
+    meta = {
+        "version": CHECKPOINT_VERSION,
+        **state,
+        "optimizer": opt_meta,
+        "scaler": {k: v for k, v in scaler.state_dict().items()} if scaler is not None else {},
+        "rng": rng_meta,
+    }
+    tensors = {**model_tensors(model), **opt_tensors, **rng_tensors}
+    save_tensors(path, tensors, metadata={META_KEY: json.dumps(meta, default=float)})
+
+
+def save_model_only(path: str | os.PathLike[str], model: nn.Module, state: dict[str, Any]) -> None:
+    from tlkit.runs.rundir import save_tensors
+
+    save_tensors(path, model_tensors(model), metadata={META_KEY: json.dumps(state, default=float)})
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without loading tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except Exception as exc:
+        raise BadInputError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+    if raw is None:
+        raise BadInputError(f"{path}: not a tlkit checkpoint (no {META_KEY} metadata)")
+    return json.loads(raw)
+
+
+def load_model_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The ``model.*`` tensors of a checkpoint, with the prefix removed (a ``TransferModel`` state dict)."""
+    from tlkit.runs.rundir import load_tensors
+
+    return {k[6:]: v for k, v in load_tensors(path).items() if k.startswith("model.")}
+
+
+def load_training_state(
+    path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
+) -> dict[str, Any]:
+    """Restore model, optimizer, scaler and RNG from ``path``; return the saved ``state`` dict."""
+    from tlkit.runs.rundir import load_tensors
+
+    path = Path(path)
+    meta = read_meta(path)
+    tensors = load_tensors(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    saved_groups = [g.get("name") for g in meta["optimizer"]["param_groups"]]
+    current = [g.get("name") for g in optimizer.param_groups]
+    if saved_groups != current:
+        raise BadInputError(
+            f"{path}: the checkpoint's parameter groups ({len(saved_groups)}) do not match this model's "
+            f"({len(current)}); it was written by a different model or tlkit version"
+        )
+    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    _restore_rng(tensors, meta.get("rng", {}))
+    return meta

@@ -1,0 +1,1 @@
+"""Heads on cached features: the torch heads, the scikit-learn bridge, probes and head training."""

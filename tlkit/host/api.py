@@ -1,0 +1,28 @@
+"""Top-level API functions that resolve names through the plugin registry."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tlkit.contract.backbone import WEIGHTS_PRETRAINED, Backbone
+from tlkit.host.registry import BackboneEntry, HeadEntry, get_registry, resolve_backbone
+from tlkit.host.registry import list_backbones as _list_backbones
+
+
+def get_backbone(name: str, weights: str | os.PathLike[str] = WEIGHTS_PRETRAINED, **options: Any) -> Backbone:
+    """Create a backbone by name (not loaded yet: call ``.load()`` or touch ``.module``).
+
+    ``weights`` is ``"pretrained"`` (the hub), ``"none"`` (random init) or a local file or directory.
+    Other options (``preprocess``, ``pooling``, ``augment``, plugin-specific ones) go to the backbone.
+    """
+    return resolve_backbone(name).create(weights=str(weights), **options)
+
+
+def list_backbones(pattern: str | None = None, modality: str | None = None) -> list[BackboneEntry]:
+    """Known backbones, optionally filtered by a glob on the name and by modality."""
+    return _list_backbones(pattern, modality)
+
+
+def list_heads() -> list[HeadEntry]:
+    return sorted(get_registry().heads.values(), key=lambda e: e.name)

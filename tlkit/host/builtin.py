@@ -1,0 +1,67 @@
+"""The core built-in plugin: the image reader, the torch heads and the fake test backbones.
+
+It is registered through the same ``tlkit`` entry-point group a third-party plugin uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tlkit.host.hookspecs import hookimpl
+
+
+@hookimpl
+def tlkit_register_backbones(register: Callable[..., None]) -> None:
+    from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
+
+    register(
+        "fake/image", FakeImageBackbone, modality="image", summary="tiny deterministic CNN for tests (tlkit.testing)"
+    )
+    register(
+        "fake/text",
+        FakeTextBackbone,
+        modality="text",
+        summary="tiny deterministic byte-level text encoder for tests (tlkit.testing)",
+    )
+
+
+@hookimpl
+def tlkit_register_heads(register: Callable[..., None]) -> None:
+    from tlkit.heads.torch_heads import knn_head, linear_head, mlp_head
+    from tlkit.heads.sklearn_head import sklearn_head
+
+    register("linear", linear_head, kind="torch", summary="one linear layer (a linear probe)")
+    register("mlp", mlp_head, kind="torch", summary="hidden layers + activation + dropout (default 256, relu, 0.5)")
+    register("knn", knn_head, kind="torch", summary="cosine k-nearest neighbours (k=20, softmax-weighted votes)")
+    register(
+        "sklearn",
+        sklearn_head,
+        kind="estimator",
+        summary="any scikit-learn classifier: --param estimator=logreg|svm|ridge|rf|knn|import.path",
+    )
+
+
+@hookimpl
+def tlkit_register_readers(register: Callable[..., None]) -> None:
+    from tlkit.data.audio import AudioReader
+    from tlkit.data.image import ImageReader
+    from tlkit.data.text import TextReader
+
+    register(
+        "image",
+        ImageReader(),
+        modality="image",
+        summary="class folders, flat folders or path,label manifests of JPEG/PNG/WebP/BMP/TIFF/GIF",
+    )
+    register(
+        "text",
+        TextReader(),
+        modality="text",
+        summary="CSV/TSV/JSONL with text and label columns, or class folders of .txt files",
+    )
+    register(
+        "audio",
+        AudioReader(),
+        modality="audio",
+        summary="class folders, flat folders or path,label manifests of WAV/FLAC/Ogg (soundfile; mixed to mono)",
+    )

@@ -1,0 +1,149 @@
+"""``TransferModel``: a backbone and a head as one ``nn.Module``, the unit that fine-tuning trains and saves.
+
+Its ``state_dict`` keys are ``backbone.*`` and ``head.*``, exactly the keys of a fine-tuned run's
+``model.safetensors``. Being a single module is what lets DDP (or any wrapper) take the whole trainable thing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from tlkit.errors import BadInputError
+
+if TYPE_CHECKING:
+    from tlkit.contract.backbone import Backbone, Batch, Block
+    from tlkit.finetuning.bn import BatchNormPolicy
+
+FINETUNE_KIND = "finetune"
+
+
+class TransferModel(nn.Module):
+    """``forward(batch) = head(backbone.embed(batch))``.
+
+    Attributes:
+        backbone: the backbone network (``Backbone.module``), registered as a sub-module.
+        head: the head network.
+        backbone_wrapper: the :class:`tlkit.Backbone`, for ``preprocess_item(item, train=...)``, ``collate``,
+            ``blocks()`` and the spec.
+        class_names: class names in logit order (may be empty).
+        config: the run config it was loaded from (``from_run``), else ``{}``.
+        bn_policy: the :class:`tlkit.finetuning.bn.BatchNormPolicy` re-applied after every ``train()``; ``None`` = plain torch.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        class_names: Sequence[str] = (),
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self.head = head
+        self.backbone_wrapper = backbone
+        self.class_names = list(class_names)
+        self.config = dict(config or {})
+        self.bn_policy: BatchNormPolicy | None = None
+        self._blocks: list[Block] | None = None
+
+    # -- structure -------------------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[Block]:
+        if self._blocks is None:
+            self._blocks = self.backbone_wrapper.blocks()
+        return self._blocks
+
+    def set_bn_policy(self, policy: str) -> None:
+        from tlkit.finetuning.bn import BatchNormPolicy
+
+        self.bn_policy = BatchNormPolicy(self.backbone, self.blocks, policy)
+
+    def set_trainable(self, trainable: Sequence[str]) -> None:
+        """Unfreeze exactly the named blocks (the head always trains), then re-apply the BatchNorm policy."""
+        from tlkit.finetuning.freeze import set_trainable
+
+        set_trainable(self.backbone, self.blocks, trainable)
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        if self.bn_policy is not None:
+            self.bn_policy.set_trainable(trainable)
+            self.bn_policy.apply(self.training)
+
+    def train(self, mode: bool = True) -> TransferModel:
+        # Re-apply the BatchNorm policy after torch switches every sub-module's mode (Lightning issue 21531).
+        super().train(mode)
+        if self.bn_policy is not None:
+            self.bn_policy.apply(mode)
+        return self
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.head(self.backbone_wrapper.embed(batch))
+
+    def preprocess(self, items: Sequence[Any]) -> Batch:
+        """Evaluation preprocessing of raw items into a batch (use with :meth:`forward`)."""
+        return self.backbone_wrapper.preprocess(list(items), train=False)
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> TransferModel:
+        """Rebuild a fine-tuned model from ``RUN_DIR`` (config kind ``"finetune"``), in eval mode on ``device``.
+
+        Signature: ``TransferModel.from_run(run_dir, device="cpu") -> TransferModel``.
+
+        The backbone architecture is rebuilt from the config (name and options) without downloading weights,
+        then ``model.safetensors`` (keys ``backbone.*`` and ``head.*``) is loaded strictly. Use
+        ``model.backbone_wrapper.preprocess_item(item, train=False)`` and ``collate`` to prepare inputs, and
+        ``model.class_names`` for the logit order. The backbone's weights differ from the base model's, so features
+        cached from the base backbone must not be fed to this model's head.
+
+        Raises :class:`tlkit.errors.BadInputError` for a missing or damaged run, or a run of another kind.
+        """
+        from tlkit.heads.torch_heads import build_head
+        from tlkit.runs.rundir import MODEL_WEIGHTS, load_tensors, read_config
+
+        run_dir = Path(run_dir)
+        config = read_config(run_dir)
+        if config.get("kind") != FINETUNE_KIND:
+            raise BadInputError(
+                f"{run_dir}: a {config.get('kind')!r} run, not a fine-tuned model; TransferModel.from_run needs a "
+                f"run written by tlkit finetune"
+            )
+        backbone = rebuild_backbone(config["backbone"])
+        head_cfg = config["head"]
+        head = build_head(head_cfg["name"], int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **head_cfg["params"])
+        model = cls(backbone, head, class_names=config.get("class_names", []), config=config)
+        state = load_tensors(run_dir / MODEL_WEIGHTS)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BadInputError(
+                f"{run_dir / MODEL_WEIGHTS}: weights do not fit {config['backbone']['name']} + head "
+                f"{head_cfg['name']} ({first}); the run directory is damaged or from another tlkit version"
+            ) from exc
+        return model.to(device).eval()
+
+
+def rebuild_backbone(backbone_cfg: dict[str, Any]) -> Backbone:
+    """The backbone of a run config's ``backbone`` section, built without pretrained weights where possible
+    (the run's own weights replace them)."""
+    from tlkit.host.api import get_backbone
+
+    name = backbone_cfg["name"]
+    options = dict(backbone_cfg.get("options") or {})
+    options.pop("weights", None)
+    try:
+        backbone = get_backbone(name, weights="none", **options)
+        backbone.load()
+        return backbone
+    except Exception:  # some families cannot build without their original files (an HF config, say)
+        pass
+    backbone = get_backbone(name, weights=backbone_cfg.get("weights", "pretrained"), **options)
+    return backbone.load()

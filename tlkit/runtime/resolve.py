@@ -1,0 +1,215 @@
+"""One resolution point: raw runtime options (``auto`` allowed) become a frozen :class:`Runtime` per stage.
+
+The CLI and the Python API build a :class:`RuntimeOptions` from what the user passed; the engines receive the
+:class:`Runtime` that :func:`resolve` makes of it and never see ``auto``. This module (with
+:mod:`tlkit.runtime.probe`) is the only code that asks torch which devices exist; the policy is data in
+:mod:`tlkit.runtime.policy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tlkit.errors import ConfigError
+from tlkit.runtime import probe
+from tlkit.runtime.distributed import DistEnv, dist_env
+from tlkit.runtime.policy import AUTO_PRECISION, HEAD_PRECISION, PRECISIONS, stage_policy
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Runtime choices as the user gave them: ``"auto"`` or an explicit value for each."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | str = "auto"
+    workers: int | str = "auto"
+
+    @classmethod
+    def of(
+        cls,
+        device: str | None = "auto",
+        precision: str | None = "auto",
+        batch_size: int | str | None = "auto",
+        workers: int | str | None = "auto",
+    ) -> RuntimeOptions:
+        """Options from keyword arguments where ``None`` means ``auto`` (the API's and the CLI's defaults)."""
+        return cls(
+            device="auto" if device in (None, "") else str(device),
+            precision="auto" if precision in (None, "") else str(precision),
+            batch_size="auto" if batch_size is None else batch_size,
+            workers="auto" if workers is None else workers,
+        )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a stage computes, fully resolved: nothing here is ``auto``.
+
+    ``batch_size`` is ``None`` for stages whose batch is a training hyperparameter (fine-tuning); ``auto_batch``
+    says whether the batch may halve on out-of-memory. ``rank``/``world_size`` describe the torchrun job (0 and 1
+    when there is none).
+    """
+
+    stage: str
+    device: torch.device
+    precision: str
+    batch_size: int | None
+    auto_batch: bool
+    workers: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def device_type(self) -> str:
+        return str(self.device.type)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked host batches, for asynchronous copies to a CUDA device."""
+        return self.device_type == "cuda"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or ``None`` for fp32 (no autocast)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for this runtime's precision (a no-op for fp32)."""
+        import torch
+
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled only for fp16 (bf16 has fp32's exponent range and needs none)."""
+        import torch
+
+        return torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for run records and cache metadata."""
+        return {
+            "stage": self.stage, "device": str(self.device), "precision": self.precision,
+            "batch_size": self.batch_size, "auto_batch": self.auto_batch, "workers": self.workers,
+            "rank": self.rank, "world_size": self.world_size,
+        }  # fmt: skip
+
+
+def resolve(stage: str, options: RuntimeOptions | None = None, *, env: DistEnv | None | bool = True) -> Runtime:
+    """Resolve ``options`` for ``stage`` (``extract``, ``train``, ``finetune`` or ``predict``).
+
+    ``env``: the torchrun environment; ``True`` (the default) reads it from the launcher's variables, ``None`` or
+    ``False`` resolves for a single process. Under torchrun, ``auto``/``cuda`` become this rank's
+    ``cuda:LOCAL_RANK``, and ``auto`` workers share the node's cores between its ranks.
+    """
+    options = options or RuntimeOptions()
+    denv = dist_env() if env is True else (env or None)
+    device = resolve_device(options.device, denv)
+    policy = stage_policy(stage, device.type)
+    precision = HEAD_PRECISION if stage == "train" else resolve_precision(options.precision, device)
+    batch, auto_batch = _batch_size(options.batch_size, policy.batch_size, policy.backoff)
+    workers = _workers(options.workers, policy.workers_cap, denv.local_world_size if denv else 1)
+    if denv is None:
+        return Runtime(stage, device, precision, batch, auto_batch, workers)
+    return Runtime(
+        stage, device, precision, batch, auto_batch, workers,
+        denv.rank, denv.world_size, denv.local_rank, denv.local_world_size,
+    )  # fmt: skip
+
+
+def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then the CPU. Under torchrun, CUDA means this rank's ``cuda:LOCAL_RANK``."""
+    import torch
+
+    spec = (device or "auto").strip().lower()
+    if spec == "auto":
+        spec = "cuda" if probe.cuda_available() else "mps" if probe.mps_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(
+            f"{{param}} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param="device"
+        ) from None
+    if dev.type == "cuda":
+        if not probe.cuda_available():
+            raise ConfigError(f"{{param}} {device}: CUDA is not available here; use cpu or auto", param="device")
+        n = probe.cuda_device_count()
+        if env is not None and dev.index is None:
+            if env.local_rank >= n:
+                raise ConfigError(
+                    f"local rank {env.local_rank} has no GPU (this node has {n}); start at most {n} processes per "
+                    f"node (torchrun --nproc-per-node {n})"
+                )
+            dev = torch.device("cuda", env.local_rank)
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"{{param}} {device}: only {n} CUDA device(s) visible", param="device")
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
+    elif dev.type == "mps" and not probe.mps_available():
+        raise ConfigError(f"{{param}} {device}: Apple MPS is not available here; use cpu or auto", param="device")
+    return dev
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``auto`` per :data:`tlkit.runtime.policy.AUTO_PRECISION`; an explicit choice is checked against the device."""
+    p = (precision or "auto").strip().lower()
+    if p not in PRECISIONS:
+        raise ConfigError(f"{{param}} must be one of {', '.join(PRECISIONS)}, not {precision!r}", param="precision")
+    rule = AUTO_PRECISION.get(device.type, "bf16-native")
+    if p == "auto":
+        if rule == "bf16-or-fp16":
+            return "bf16" if probe.cuda_bf16_supported() else "fp16"
+        if rule == "bf16-native":
+            return "bf16" if probe.cpu_has_native_bf16() else "fp32"
+        return rule
+    if p == "bf16" and device.type == "cuda" and not probe.cuda_bf16_supported():
+        raise ConfigError("{param} bf16: this GPU has no bf16 support; use fp16 or auto", param="precision")
+    return p
+
+
+def _batch_size(value: int | str | None, auto_start: int | None, backoff: bool) -> tuple[int | None, bool]:
+    if value in (None, "auto"):
+        return auto_start, backoff and auto_start is not None
+    try:
+        b = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{{param}} must be auto or a positive integer, not {value!r}", param="batch_size") from None
+    if b < 1:
+        raise ConfigError(f"{{param}} must be positive, not {b}", param="batch_size")
+    return b, False
+
+
+def _workers(value: int | str | None, cap: int, ranks_on_node: int) -> int:
+    if value in (None, "auto"):
+        # One core stays with each rank's main process; a node's cores are shared between its ranks.
+        return min(cap, max(probe.cpu_count() // max(ranks_on_node, 1) - 1, 0))
+    try:
+        w = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{{param}} must be auto or a non-negative integer, not {value!r}", param="workers") from None
+    if w < 0:
+        raise ConfigError(f"{{param}} must be >= 0, not {w}", param="workers")
+    return w
+
+
+__all__ = ["Runtime", "RuntimeOptions", "resolve", "resolve_device", "resolve_precision"]
