@@ -23,9 +23,9 @@ from pathlib import Path
 
 
 def demo_caches(work: Path, backbone: str) -> tuple[Path, Path]:
-    from tlkit.host.api import get_backbone
     from tlkit.demo import DATA, INPUT_SIZE
-    from tlkit.extraction.engine import extract
+    from tlkit.extraction import extract
+    from tlkit.host.api import get_backbone
 
     bb = get_backbone(backbone, preprocess={"input_size": [3, INPUT_SIZE, INPUT_SIZE]})
     out = []
@@ -37,7 +37,8 @@ def demo_caches(work: Path, backbone: str) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    from tlkit.heads.training import DEFAULT_LRS, DEFAULT_WDS, train_head
+    from tlkit.heads import train_head
+    from tlkit.heads.options import DEFAULT_LRS, DEFAULT_WDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, help="training cache (default: the demo sample, extracted)")

@@ -40,16 +40,17 @@ def main() -> None:
     import torch
 
     import tlkit
-    from tlkit.data import open_dataset
-    from tlkit.data.open import get_reader
-    from tlkit.extraction.engine import Runner, resolve_device, resolve_precision
+    from tlkit import open_dataset
+    from tlkit.extraction.forward import Runner
+    from tlkit.host.readers import get_reader
+    from tlkit.runtime import RuntimeOptions, resolve
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="tlkit-bench1-"))
     data = args.data or photo_folder(tmp / "photos", args.images)
-    dev = resolve_device(args.device)
-    prec = resolve_precision(args.precision, dev)
+    runtime = resolve("extract", RuntimeOptions.of(args.device, args.precision, args.batch_size, args.workers))
+    dev, prec = runtime.device, runtime.precision
     bb = tlkit.get_backbone(args.backbone, weights="none").load()
     ds = open_dataset(data, modality=bb.modality)
     n = len(ds)
@@ -58,7 +59,7 @@ def main() -> None:
     reader = get_reader(ds)
     items = [bb.preprocess_item(reader.load(r)) for r in ds.records]
     batches = [bb.collate(items[a : a + args.batch_size]) for a in range(0, n, args.batch_size)]
-    runner = Runner(bb, dev, prec)
+    runner = Runner(bb, runtime)
 
     def sync() -> None:
         if dev.type == "cuda":

@@ -43,7 +43,7 @@ def main() -> None:
     from torchvision.datasets import ImageFolder
 
     import tlkit
-    from tlkit.extraction.engine import resolve_device
+    from tlkit.runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def main() -> None:
     import tlkit
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _ft_helpers import fashion_mnist_folder
+    from _data import fashion_mnist_folder
 
     torch.set_num_threads(args.threads)
     size = args.input_size

@@ -99,7 +99,7 @@ def main() -> int:
 
     @check("incremental run on cuda equals an uninterrupted run")
     def _():
-        from tlkit.cache.core import WorkDir
+        from tlkit.cache.workdir import WorkDir
 
         run("full.h5", device="cuda", precision="fp32", commit_rows=32, batch_size=32)
         out = tmp / "part.h5"

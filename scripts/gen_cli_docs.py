@@ -42,7 +42,7 @@ def render() -> str:
     import os
 
     os.environ["TLKIT_PLUGINS"] = ""  # built-ins only: third-party commands do not belong in tlkit's reference
-    from tlkit.cli.main import cli
+    from tlkit.cli import cli
 
     return HEADER + "\n".join(_walk(cli, ["tlkit"], None)) + "\n"
 

@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
-from tlkit.finetuning.engine import FinetuneEngine, FinetuneEvent, FinetuneOptions
+from tlkit.finetuning import FinetuneEvent, FinetuneOptions
+from tlkit.finetuning.engine import Finetuner
+from tlkit.finetuning.options import FinetuneInputs
+from tlkit.runtime import resolve
 from tlkit.testing import make_image_folder
 
 #: Small, fast defaults for a run on fake/image.
@@ -28,9 +31,9 @@ class Recorder:
 
     def __init__(self, backbone: str, train: Path, output: Path, **options: Any) -> None:
         api = {k: options.pop(k) for k in ("val", "weights", "input_size") if k in options}
-        self.engine = FinetuneEngine(
-            backbone, train, output, FinetuneOptions(**{**FAST, **options}), callback=self, **api
-        )
+        opts = FinetuneOptions.from_kwargs({**FAST, **options})
+        runtime = resolve("finetune", opts.runtime_options(), env=False)
+        self.engine = Finetuner(FinetuneInputs(backbone, train, output, **api), opts, runtime, callback=self)
         self.states: list[dict[str, torch.Tensor]] = []
         self.events: list[FinetuneEvent] = []
         self.modes: list[dict[str, bool]] = []
@@ -52,9 +55,7 @@ class Recorder:
         return self.engine.run()
 
 
-def changed_blocks(
-    engine: FinetuneEngine, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
-) -> list[str]:
+def changed_blocks(engine: Finetuner, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
     """Blocks any of whose parameters differ (bitwise) between two snapshots."""
     out = []
     for block in engine.model.blocks:
@@ -95,26 +96,3 @@ def write_head_run(
         ),
     )
     return run_dir
-
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
-
-
-def fashion_mnist_folder(root: Path, split: str, per_class: int, seed: int = 0) -> Path:
-    """Write ``per_class`` Fashion-MNIST images of each class (a seeded sample of ``split``: train or t10k) as PNG
-    class folders."""
-    import gzip
-
-    import numpy as np
-    from PIL import Image
-
-    images = np.frombuffer(gzip.open(FASHION / f"{split}-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-    labels = np.frombuffer(gzip.open(FASHION / f"{split}-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
-    images = images.reshape(-1, 28, 28)
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(FASHION_CLASSES):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in rng.permutation(np.flatnonzero(labels == c))[:per_class]:
-            Image.fromarray(images[i], "L").save(root / name / f"{i:05d}.png")
-    return root

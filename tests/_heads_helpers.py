@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from tlkit.extraction import extract
 from tlkit.host.api import get_backbone
-from tlkit.extraction.engine import extract
 from tlkit.testing import make_image_folder
 from tlkit.testing.fake import FakeImageBackbone
 

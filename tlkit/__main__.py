@@ -1,6 +1,6 @@
 """``python -m tlkit`` (and ``torchrun -m tlkit``) run the CLI."""
 
-from tlkit.cli.main import main
+from tlkit.cli import main
 
 if __name__ == "__main__":
     main()

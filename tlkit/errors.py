@@ -7,29 +7,46 @@ Every message names the thing at fault and, where there is one, the fix.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class TlkitError(Exception):
     """Base class for every error tlkit raises on purpose.
 
-    A message that is about one parameter writes it as ``{param}`` and passes ``param=`` (the Python parameter
-    name): the library's message then names the parameter (``precision='x' ...``), and the CLI, which knows which
-    flag set it, names the flag instead (``--precision 'x' ...``) through :meth:`for_flag`.
+    A message about parameters writes each one as ``{name}`` and lists the names in ``params=`` (or one name in
+    ``param=``, written ``{param}`` or ``{name}``). The library's message then names the parameters
+    (``give schedule or gradual, not both``) and the CLI, which knows which flag sets each, names the flags
+    (``give --schedule or --gradual, not both``) through :meth:`for_flags`.
     """
 
-    def __init__(self, *args: object, param: str | None = None) -> None:
-        self.param = param
-        if param is not None and args and isinstance(args[0], str):
-            self.template: str | None = args[0]
-            args = (args[0].replace("{param}", param), *args[1:])
-        else:
-            self.template = None
+    def __init__(self, *args: object, param: str | None = None, params: Sequence[str] = ()) -> None:
+        self.params: tuple[str, ...] = tuple(params) or ((param,) if param else ())
+        self.template: str | None = None
+        if self.params and args and isinstance(args[0], str):
+            self.template = args[0]
+            args = (self._render({}), *args[1:])
         super().__init__(*args)
 
+    @property
+    def param(self) -> str | None:
+        """The first parameter the message is about (``None`` when it is about none)."""
+        return self.params[0] if self.params else None
+
+    def for_flags(self, flags: Mapping[str, str]) -> str:
+        """The message with each parameter written as its flag in ``flags`` (``--name-like-this`` when absent)."""
+        return self._render({p: flags.get(p, "--" + p.replace("_", "-")) for p in self.params})
+
     def for_flag(self, flag: str) -> str:
-        """The message with the parameter written as the CLI flag ``flag``."""
-        return self.template.replace("{param}", flag) if self.template is not None else str(self)
+        """The message with the first parameter written as ``flag``."""
+        return self.for_flags({self.params[0]: flag} if self.params else {})
+
+    def _render(self, names: Mapping[str, str]) -> str:
+        if self.template is None:
+            return str(self)
+        text = self.template.replace("{param}", names.get(self.params[0], self.params[0]))
+        for p in self.params:
+            text = text.replace("{" + p + "}", names.get(p, p))
+        return text
 
 
 class UnknownNameError(TlkitError, KeyError):

@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -21,6 +21,9 @@ from sklearn.utils.validation import check_is_fitted
 from tlkit.contract.backbone import Backbone
 from tlkit.data.base import Dataset, Reader, Record
 from tlkit.errors import BadInputError, ConfigError
+
+if TYPE_CHECKING:
+    from tlkit.runtime import Runtime
 
 
 class ItemsError(BadInputError, ValueError):
@@ -108,7 +111,7 @@ def item_records(items: Iterable[Any], modality: str) -> list[Record]:
     return out
 
 
-class TlkitEmbedder(TransformerMixin, BaseEstimator):
+class TlkitEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no types
     """Embed item paths (images, audio) or texts with a tlkit backbone.
 
     Parameters
@@ -119,7 +122,7 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
         An HDF5 feature cache to reuse embeddings across clones, processes and sessions. ``None`` keeps them in
         process memory (cleared by :meth:`clear_memory`).
     weights, device, precision, batch_size, workers :
-        As for :func:`tlkit.extraction.engine.extract`. ``workers=0`` decodes in-process, which suits small jobs.
+        As for :func:`tlkit.extract`. ``workers=0`` decodes in-process, which suits small jobs.
     layer : str or None
         Return this cached block's pooled output instead of the final embedding.
     backbone_options : dict or None
@@ -181,7 +184,7 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
             vectors = self._embed_in_memory(unique)
             out = np.stack([vectors[r.id] for r in records]) if records else np.zeros((0, self.embed_dim_))
             return out.astype(np.float32, copy=False)
-        return self._embed_with_cache(unique, records)
+        return self._embed_with_cache(self.cache, unique, records)
 
     def get_feature_names_out(self, input_features: Any = None) -> Any:
         import numpy as np
@@ -225,41 +228,43 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):
 
         return get_backbone(self.backbone, weights=self.weights, **opts)
 
-    def _run_key(self) -> str:
-        from tlkit.extraction.engine import resolve_device, resolve_precision
+    def _runtime(self) -> Runtime:
+        """Where and how the embeddings are computed, resolved as :func:`tlkit.extract` resolves them."""
+        from tlkit.runtime import RuntimeOptions, resolve
 
-        dev = resolve_device(self.device)
-        return f"{self.backbone_.fingerprint()}:{resolve_precision(self.precision, dev)}:{self.layer}"
+        return resolve("extract", RuntimeOptions.of(self.device, self.precision, self.batch_size, self.workers))
 
     def _embed_in_memory(self, records: list[Record]) -> dict[str, Any]:
-        from tlkit.extraction.engine import embed_records
+        from tlkit.extraction import embed_records
 
-        store = _MEMORY.setdefault(self._run_key(), {})
+        runtime = self._runtime()
+        store = _MEMORY.setdefault(f"{self.backbone_.fingerprint()}:{runtime.precision}:{self.layer}", {})
         todo = [r for r in records if r.id not in store]
         if todo:
             if self.layer is not None:
-                raise ConfigError("layer= needs a cache file (cache='emb.h5'); memory keeps only final features")
+                raise ConfigError(
+                    "{param} needs a cache file (cache='emb.h5'); memory keeps only final features", param="layer"
+                )
             X, kept, skipped = embed_records(
-                self.backbone_, todo, ItemsReader(self.modality_), device=self.device, precision=self.precision,
-                batch_size=self.batch_size, workers=self.workers, on_error="fail",
-            )  # fmt: skip
+                self.backbone_, todo, ItemsReader(self.modality_), runtime=runtime, on_error="fail"
+            )
             for row, pos in enumerate(kept):
                 store[todo[pos].id] = X[row]
         return store
 
-    def _embed_with_cache(self, unique: list[Record], records: list[Record]) -> Any:
+    def _embed_with_cache(self, cache: str | os.PathLike[str], unique: list[Record], records: list[Record]) -> Any:
         import numpy as np
 
-        from tlkit.cache.core import COPY_ROWS, FeatureCache
-        from tlkit.extraction.engine import extract
+        from tlkit.cache import COPY_ROWS, FeatureCache
+        from tlkit.extraction import extract
 
         dataset = Dataset(Path("<items>"), f"items:{self.modality_}", self.modality_, unique, [])
         extract(
-            self.backbone_, dataset, self.cache, device=self.device, precision=self.precision,
+            self.backbone_, dataset, cache, device=self.device, precision=self.precision,
             batch_size=self.batch_size, workers=self.workers, layers=[self.layer] if self.layer else "last",
             on_error="fail", reader=ItemsReader(self.modality_), keep_existing=True, lock_timeout=600.0,
         )  # fmt: skip
-        with FeatureCache(self.cache) as fc:
+        with FeatureCache(cache) as fc:
             index = {i: r for r, i in enumerate(fc.ids)}
             rows = np.asarray([index[r.id] for r in records], np.int64)
             src = fc.source(layer=self.layer)

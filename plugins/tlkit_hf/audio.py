@@ -1,6 +1,6 @@
 """Audio encoders from transformers: wav2vec2, HuBERT, WavLM, data2vec-audio, AST and the Whisper encoder.
 
-An item (an :class:`tlkit.data.audio.AudioClip`) is mixed to mono, resampled to the model's rate, padded up to
+An item (an :class:`tlkit.plugin.AudioClip`) is mixed to mono, resampled to the model's rate, padded up to
 ``min_seconds`` when shorter, and cut into windows of ``window_seconds`` every ``hop_seconds``. Each window goes
 through the model's own feature extractor on its own, so normalisation never sees padding. The item's embedding is
 the mean of its windows' pooled outputs, weighted by each window's number of real frames.
@@ -14,8 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import BackboneSpec
-from tlkit.errors import BadInputError, ConfigError
+from tlkit.plugin import AudioClip, BackboneSpec, BadInputError, ConfigError, decode_audio, resample, to_mono
 from tlkit_hf.audio_families import FAMILIES, AudioFamily
 from tlkit_hf.base import HFBackbone
 from tlkit_hf.blocks import BlockLayout
@@ -68,7 +67,7 @@ class HFAudioBackbone(HFBackbone):
         dim = cfg.output_hidden_size if getattr(cfg, "add_adapter", False) else cfg.hidden_size
         return BackboneSpec(
             name=self.name,
-            modality="audio",
+            modality=self.modality,
             embed_dim=int(dim),
             preprocess=preprocess,
             pooling=pooling,
@@ -112,8 +111,6 @@ class HFAudioBackbone(HFBackbone):
 
     def waveform(self, item: Any) -> np.ndarray:
         """The item as a mono float32 waveform at the model's rate (an AudioClip, a path, or ``(array, rate)``)."""
-        from tlkit.data.audio import AudioClip, decode_audio, resample, to_mono
-
         if isinstance(item, str | Path):
             item = decode_audio(item)
         if isinstance(item, tuple) and len(item) == 2:

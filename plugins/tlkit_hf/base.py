@@ -9,8 +9,16 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import WEIGHTS_NONE, Backbone, Block
-from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
+from tlkit.plugin import (
+    WEIGHTS_NONE,
+    Backbone,
+    BadInputError,
+    Block,
+    ConfigError,
+    TlkitError,
+    UnknownNameError,
+    load_state_dict_file,
+)
 from tlkit_hf.blocks import BlockLayout, capture_outputs
 from tlkit_hf.naming import PREFIX, modality_of, model_type_of, split_name
 from tlkit_hf.sources import ModelFiles
@@ -78,8 +86,10 @@ class HFBackbone(Backbone):
                 where, fix = self.files.ref, "check the directory, or re-save the model with save_pretrained"
             else:
                 where = f"the Hugging Face hub ({self.files.ref})"
-                fix = "check the id and your connection, or use a local directory as hf/<dir> or --weights <dir>"
-            raise BadInputError(f"{self.name}: cannot load the {what} from {where}: {detail}; {fix}") from exc
+                fix = "check the id and your connection, or use a local directory as hf/<dir> or {param} <dir>"
+            raise BadInputError(
+                f"{self.name}: cannot load the {what} from {where}: {detail}; {fix}", param="weights"
+            ) from exc
 
     @cached_property
     def model_type(self) -> str:
@@ -101,7 +111,7 @@ class HFBackbone(Backbone):
         return self.files.ref + (f"@{self.files.revision}" if self.files.revision else "")
 
     # -- loading ------------------------------------------------------------------------------------------------
-    def _build(self) -> nn.Module:
+    def build_module(self) -> nn.Module:
         import torch
         from transformers import AutoModel
 
@@ -124,8 +134,6 @@ class HFBackbone(Backbone):
         return model
 
     def _load_state_file(self, module: nn.Module) -> None:
-        from tlkit.contract.weights import load_state_dict_file
-
         path = self.local_weights_path()
         state = load_state_dict_file(path)
         missing, unexpected = module.load_state_dict(state, strict=False)

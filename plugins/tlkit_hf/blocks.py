@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import Block, blocks_from_prefixes
+from tlkit.plugin import Block, blocks_from_prefixes
 
 if TYPE_CHECKING:
     import torch

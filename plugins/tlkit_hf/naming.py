@@ -7,18 +7,13 @@ any other hub id asks ``AutoConfig`` (one small download, cached by huggingface_
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tlkit.errors import BadInputError
-
-if TYPE_CHECKING:
-    from tlkit.host.registry import BackboneEntry
+from tlkit.plugin import BadInputError
 
 PREFIX = "hf/"
-PLUGIN = "hf"
 
 #: Encoder-only text models that ``AutoModel`` + ``AutoTokenizer`` load and that pool like BERT.
 TEXT_MODEL_TYPES = (
@@ -153,31 +148,3 @@ def model_type_of(ref: str, name: str, revision: str | None = None) -> str:
             f"{name}: cannot read the config of {ref!r} from the Hugging Face hub ({type(exc).__name__}); "
             f"check the id and your connection, or pass a local directory as hf/<dir>"
         ) from exc
-
-
-def entry_for(name: str, modality: str, summary: str = "") -> BackboneEntry:
-    from tlkit.host.registry import BackboneEntry
-    from tlkit_hf.audio import HFAudioBackbone
-    from tlkit_hf.text import HFTextBackbone
-
-    factory = HFTextBackbone if modality == "text" else HFAudioBackbone
-    return BackboneEntry(name=name, factory=factory, modality=modality, summary=summary, plugin=PLUGIN)
-
-
-def resolve(name: str) -> BackboneEntry | None:
-    ref = split_name(name)
-    if ref is None:
-        return None
-    if not ref:
-        raise BadInputError("hf/: give a hub id or a local directory after hf/, e.g. hf/bert-base-uncased")
-    model_type = model_type_of(ref, name)
-    return entry_for(name, modality_of(model_type, name), f"transformers {model_type}")
-
-
-def curated_entries(pattern: str | None) -> list[BackboneEntry]:
-    out = []
-    for ref, (model_type, summary) in CURATED.items():
-        name = PREFIX + ref
-        if pattern is None or fnmatch.fnmatch(name, pattern):
-            out.append(entry_for(name, modality_of(model_type, name), summary))
-    return out

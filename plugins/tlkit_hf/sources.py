@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlkit.contract.backbone import hash_path
-from tlkit.errors import BadInputError
+from tlkit.plugin import BadInputError, hash_path
 from tlkit_hf.naming import config_dir, local_dir, read_json_file
 
 #: Files that define a tokenizer: their contents go into a text backbone's fingerprint.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tlkit.errors import BadInputError
+from tlkit.plugin import BadInputError
 
 if TYPE_CHECKING:
     from tlkit_hf.sources import ModelFiles

@@ -14,8 +14,7 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import BackboneSpec
-from tlkit.errors import ConfigError
+from tlkit.plugin import BackboneSpec, ConfigError
 from tlkit_hf.base import HFBackbone
 from tlkit_hf.blocks import BlockLayout, find_layer_list, has_child
 from tlkit_hf.pooling import SEQUENCE_POOLING, l2_normalize, pool
@@ -105,7 +104,7 @@ class HFTextBackbone(HFBackbone):
         cfg = self.hf_config
         return BackboneSpec(
             name=self.name,
-            modality="text",
+            modality=self.modality,
             embed_dim=int(cfg.hidden_size),
             preprocess=preprocess,
             pooling=self.pooling or (st.pooling if st else "mean"),

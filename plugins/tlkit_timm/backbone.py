@@ -1,4 +1,4 @@
-"""The timm backbone: any ``timm/<architecture>[.<tag>]`` model as a tlkit :class:`~tlkit.contract.backbone.Backbone`.
+"""The timm backbone: any ``timm/<architecture>[.<tag>]`` model as a tlkit :class:`~tlkit.plugin.Backbone`.
 
 Everything model-specific comes from timm itself: preprocessing from ``resolve_model_data_config`` and
 ``create_transform``, the embedding from ``forward_features`` + ``forward_head(pre_logits=True)``, per-block
@@ -7,33 +7,43 @@ outputs from ``forward_intermediates``, blocks from ``group_matcher``. Weights l
 local files exactly as they do to hub weights.
 
 Subclass it to ship a backbone with its own weights (see ``plugins/examples/tlkit-effnet-lite``): override
-:meth:`TimmBackbone.timm_name` and :meth:`TimmBackbone.create_pretrained`.
+:meth:`TimmBackbone.timm_name` and :meth:`TimmBackbone.create_pretrained` (which may build the network with
+:meth:`TimmBackbone.create_model`), and :meth:`TimmBackbone.pretrained_source`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import Backbone, BackboneSpec, Block, build_shapes_only
-from tlkit.data.image import as_rgb_image
-from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
-from tlkit_timm import transforms
+from tlkit.plugin import (
+    WEIGHT_SUFFIXES,
+    BackboneSpec,
+    BadInputError,
+    Block,
+    ConfigError,
+    ImageBackbone,
+    TlkitError,
+    UnknownNameError,
+    build_shapes_only,
+    load_state_dict_file,
+)
 from tlkit_timm.naming import PREFIX, check_name, split_name
+from tlkit_timm.transforms import data_config, eval_transform, merge_overrides, train_transform
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: Local weight files timm can read (safetensors, or torch files loaded with ``weights_only=True``).
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+#: The weights file of a weights directory, in order of preference (as timm's own hub layout names them).
+PREFERRED_FILES = ("model.safetensors", "pytorch_model.bin")
 #: Options a timm backbone accepts beyond the common ones.
 OPTIONS = ("model_kwargs",)
 
 
-class TimmBackbone(Backbone):
+class TimmBackbone(ImageBackbone):
     """A timm image model, headless: ``embed`` gives its pooled pre-logits features.
 
     Options beyond the common ones: ``model_kwargs`` (a dict passed to ``timm.create_model``, such as
@@ -41,15 +51,12 @@ class TimmBackbone(Backbone):
     ``token``/``avg``/``map`` for ViTs).
     """
 
-    modality = "image"
-
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         unknown = sorted(set(self.options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}; timm backbones take {OPTIONS}")
         self._spec: BackboneSpec | None = None
-        self._transforms: dict[bool, Any] = {}
         self._blocks: list[Block] | None = None
         self._layers: list[tuple[int, str]] | None = None
         self._meta: nn.Module | None = None
@@ -92,7 +99,7 @@ class TimmBackbone(Backbone):
         hw = tuple(int(v) for v in (size[-2:] if isinstance(size, list | tuple) else (size, size)))
         return None if hw == tuple(cfg.get("input_size", (3, 0, 0))[-2:]) else (hw[0], hw[1])
 
-    def _create(
+    def create_model(
         self,
         *,
         pretrained: bool,
@@ -101,7 +108,11 @@ class TimmBackbone(Backbone):
         overlay: dict[str, Any] | None = None,
         model_name: str | None = None,
     ) -> nn.Module:
-        """``timm.create_model`` with this backbone's options; ``meta=True`` builds shapes only (no memory)."""
+        """``timm.create_model`` with this backbone's options (pooling, ``model_kwargs``, a new input size).
+
+        ``overlay`` is timm's ``pretrained_cfg_overlay`` and ``model_name`` replaces :meth:`timm_name`; ``meta=True``
+        builds shapes only (no memory).
+        """
         import timm
 
         kwargs = self._model_kwargs()
@@ -126,52 +137,53 @@ class TimmBackbone(Backbone):
             raise
 
     # -- weights --------------------------------------------------------------------------------------------------
-    def _build(self) -> nn.Module:
+    def build_module(self) -> nn.Module:
         self.check_name()
         kind = self.weights_kind()
         if kind == "pretrained":
             return self.create_pretrained()
         if kind == "none":
-            return self._create(pretrained=False)
+            return self.create_model(pretrained=False)
         return self._create_local(self.local_weights_path())
 
     def create_pretrained(self) -> nn.Module:
         """The model with its published weights: timm's hub path (``pretrained=True``)."""
         try:
-            return self._create(pretrained=True)
+            return self.create_model(pretrained=True)
         except ConfigError:
             raise
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise TlkitError(
-                f"{self.name}: could not load pretrained weights from {self._pretrained_source()} "
-                f"({type(exc).__name__}: {reason}); check the network and HF_HUB_OFFLINE, or pass --weights none "
-                f"or a local file or directory"
+                f"{self.name}: could not load pretrained weights from {self.pretrained_source()} "
+                f"({type(exc).__name__}: {reason}); check the network and HF_HUB_OFFLINE, or pass {{param}} none "
+                f"or a local file or directory",
+                param="weights",
             ) from exc
 
     def _create_local(self, path: Path) -> nn.Module:
-        if path.is_dir():
-            if (path / "config.json").is_file():
-                cfg = self._local_dir_pretrained_cfg() or {}
-                return self._load_checked(path, model_name=f"local-dir:{path}", num_classes=cfg.get("num_classes", 0))
-            files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-            if len(files) != 1:
-                raise BadInputError(
-                    f"{path}: expected an HF-layout model directory (config.json + model.safetensors) or a single "
-                    f"weights file ({', '.join(WEIGHT_SUFFIXES)}); found {len(files)} weight files"
-                )
-            path = files[0]
+        """Load a local file, or a directory's weights, through the one safe loader; timm's checkpoint filter
+        (position-embedding resampling, format conversion) applies as it does to hub weights."""
+        hf_dir = path if path.is_dir() and (path / "config.json").is_file() else None
+        path = _weights_file(path) if path.is_dir() else path
         if path.suffix not in WEIGHT_SUFFIXES:
             raise BadInputError(f"{path}: unsupported weights file; use one of {', '.join(WEIGHT_SUFFIXES)}")
-        rows = classifier_rows(path, self._describe().pretrained_cfg.get("classifier"))
-        # The overlay's num_classes matches the file's, so timm loads strictly (a partial file fails loudly);
-        # custom_load=False because a state-dict file never needs a model's own npz loader.
-        overlay = {"file": str(path), "num_classes": rows, "custom_load": False}
-        return self._load_checked(path, overlay=overlay, num_classes=rows)
+        state = load_state_dict_file(path, prefer_ema=True)
+        # custom_load=False because a state dict never needs a model's own npz loader.
+        overlay: dict[str, Any] = {"state_dict": state, "custom_load": False}
+        if hf_dir is not None:
+            cfg = self._local_dir_pretrained_cfg() or {}
+            overlay["source"] = ""  # the state dict, not timm's own reading of the directory
+            return self._load_checked(path, cfg.get("num_classes", 0), overlay, model_name=f"local-dir:{hf_dir}")
+        # With the file's own number of classes timm loads strictly: a partial file fails loudly.
+        overlay["num_classes"] = rows = classifier_rows(state, self._describe().pretrained_cfg.get("classifier"))
+        return self._load_checked(path, rows, overlay)
 
-    def _load_checked(self, path: Path, *, num_classes: int, **create: Any) -> nn.Module:
+    def _load_checked(
+        self, path: Path, num_classes: int, overlay: dict[str, Any], model_name: str | None = None
+    ) -> nn.Module:
         try:
-            model = self._create(pretrained=True, num_classes=num_classes, **create)
+            model = self.create_model(pretrained=True, num_classes=num_classes, overlay=overlay, model_name=model_name)
         except ConfigError:
             raise
         except Exception as exc:
@@ -180,6 +192,7 @@ class TimmBackbone(Backbone):
                 f"{path}: these weights do not fit {self.architecture()} ({type(exc).__name__}: {reason}); "
                 f"pass a state dict saved from timm/{self.architecture()}"
             ) from exc
+        model.pretrained_cfg.pop("state_dict", None)  # timm keeps its config; the tensors now live in the model
         if num_classes:
             strip_classifier(model, self.pooling)
         return model
@@ -205,7 +218,8 @@ class TimmBackbone(Backbone):
         cfg.setdefault("num_classes", data.get("num_classes", 0))
         return cfg
 
-    def _pretrained_source(self) -> str:
+    def pretrained_source(self) -> str:
+        """Where ``weights="pretrained"`` comes from, as the spec's ``source`` shows it."""
         cfg = self._describe().pretrained_cfg
         if cfg.get("hf_hub_id"):
             return f"hf-hub:{cfg['hf_hub_id']}"
@@ -218,26 +232,26 @@ class TimmBackbone(Backbone):
             self.check_name()
             local_dir = self.weights_kind() == "local" and self._local_dir_pretrained_cfg() is not None
             name = f"local-dir:{Path(self.weights).expanduser()}" if local_dir else None
-            self._meta = self._create(pretrained=False, meta=True, model_name=name)
+            self._meta = self.create_model(pretrained=False, meta=True, model_name=name)
         return self._meta
 
     def default_preprocess(self) -> dict[str, Any]:
         """The model's own preprocessing (``timm.data.resolve_model_data_config``). Subclasses may refine it."""
         from timm.data import resolve_model_data_config
 
-        return transforms.data_config(resolve_model_data_config(self._describe()))
+        return data_config(resolve_model_data_config(self._describe()))
 
     @property
     def spec(self) -> BackboneSpec:
         if self._spec is None:
             model = self._describe()
-            preprocess = transforms.merge_overrides(self.default_preprocess(), self.preprocess_overrides, self.name)
+            preprocess = merge_overrides(self.default_preprocess(), self.preprocess_overrides, self.name)
             cfg = model.pretrained_cfg
             kind = self.weights_kind()
             arch, tag = split_name(self.timm_name())
             self._spec = BackboneSpec(
                 name=self.name,
-                modality="image",
+                modality=self.modality,
                 embed_dim=embed_dim(model, preprocess["input_size"]),
                 preprocess=preprocess,
                 pooling=pool_name(model),
@@ -250,25 +264,15 @@ class TimmBackbone(Backbone):
 
     def _source(self, kind: str) -> str:
         if kind == "pretrained":
-            return self._pretrained_source()
+            return self.pretrained_source()
         if kind == "none":
             return f"timm:{self.architecture()} (random init)"
         return str(Path(self.weights).expanduser().resolve())
 
-    def fingerprint_data(self) -> dict[str, Any]:
-        data = super().fingerprint_data()
-        if self.weights_kind() == "local":
-            data["spec"].pop("source", None)  # the content hash identifies the file; its path may differ per machine
-        return data
-
     # -- preprocessing --------------------------------------------------------------------------------------------
-    def preprocess_item(self, item: Any, *, train: bool = False) -> torch.Tensor:
-        transform = self._transforms.get(train)
-        if transform is None:
-            cfg = self.spec.preprocess
-            transform = transforms.train_transform(cfg, self.augment) if train else transforms.eval_transform(cfg)
-            self._transforms[train] = transform
-        return transform(as_rgb_image(item))
+    def make_transform(self, train: bool) -> Any:
+        cfg = self.spec.preprocess
+        return train_transform(cfg, self.augment) if train else eval_transform(cfg)
 
     # -- forward --------------------------------------------------------------------------------------------------
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -361,39 +365,25 @@ def strip_classifier(model: nn.Module, pooling: str | None) -> None:
         model.reset_classifier(0)
 
 
-def classifier_rows(path: Path, classifier: str | Sequence[str] | None) -> int:
-    """How many classes the file's classifier has (0 when it has none), read without loading the tensors."""
+def classifier_rows(state: Mapping[str, Any], classifier: str | Sequence[str] | None) -> int:
+    """How many classes the state dict's classifier has (0 when it has none)."""
     names = [classifier] if isinstance(classifier, str) else list(classifier or ())
-    shapes = _tensor_shapes(path)
     for name in names:
-        for key in (f"{name}.weight", f"module.{name}.weight"):
-            if key in shapes and shapes[key]:
-                return int(shapes[key][0])
+        weight = state.get(f"{name}.weight")
+        if weight is not None and len(weight.shape):
+            return int(weight.shape[0])
     return 0
 
 
-def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-        import torch
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+def _weights_file(directory: Path) -> Path:
+    """The weights file of a directory: a preferred name, else its only weights file."""
+    for name in PREFERRED_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    files = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if len(files) != 1:
         raise BadInputError(
-            f"{path}: cannot read weights ({type(exc).__name__}: {exc}); use a .safetensors or a weights-only torch "
-            f"file"
-        ) from exc
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise BadInputError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+            f"{directory}: expected an HF-layout model directory (config.json + model.safetensors) or a single "
+            f"weights file ({', '.join(WEIGHT_SUFFIXES)}); found {len(files)} weight files"
+        )
+    return files[0]

@@ -10,7 +10,7 @@ grouping into readable, stable block names:
   ``head.norm``, ViT's ``fc_norm``) form one last block named by what it holds: ``head_norm``, ``head_conv`` or
   ``head_pre_logits``. (``head`` alone is reserved for tlkit's own head.)
 
-Models without a ``group_matcher`` fall back to :func:`tlkit.contract.backbone.blocks_from_children`.
+Models without a ``group_matcher`` fall back to :func:`tlkit.plugin.blocks_from_children`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import Block, blocks_from_children
+from tlkit.plugin import Block, blocks_from_children
 
 if TYPE_CHECKING:
     from torch import nn

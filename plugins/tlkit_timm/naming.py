@@ -1,17 +1,13 @@
-"""``timm/<architecture>[.<pretrained tag>]`` names: checking them against timm's registry, and listing them."""
+"""``timm/<architecture>[.<pretrained tag>]`` names: checking them against timm's registry, and listing them.
+
+Only functions: importing this module imports neither torch nor timm.
+"""
 
 from __future__ import annotations
 
-import fnmatch
-from typing import TYPE_CHECKING
-
-from tlkit.errors import UnknownNameError
-
-if TYPE_CHECKING:
-    from tlkit.host.registry import BackboneEntry
+from tlkit.plugin import UnknownNameError
 
 PREFIX = "timm/"
-PLUGIN = "timm"
 
 #: What ``tlkit backbones`` shows without a filter: a few well-known models per family, not timm's 1,300+.
 CURATED = (
@@ -59,34 +55,14 @@ def summary(name: str) -> str:
 
     cfg = get_pretrained_cfg(name.removeprefix(PREFIX), allow_unregistered=False)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        return "timm architecture (no pretrained weights; use --weights none or a file)"
+        return "timm architecture (no pretrained weights; use weights none or a local file)"
     return f"timm, pretrained: {cfg.tag or 'default'} ({cfg.license or 'licence not stated'})"
 
 
-def entry(name: str) -> BackboneEntry:
-    from tlkit.host.registry import BackboneEntry
-    from tlkit_timm.backbone import TimmBackbone
-
-    return BackboneEntry(name=name, factory=TimmBackbone, modality="image", summary=summary(name), plugin=PLUGIN)
-
-
-def could_match(pattern: str) -> bool:
-    """Whether a glob can match a ``timm/`` name at all (so listing ``hf/*`` never imports timm)."""
-    literal = pattern
-    for ch in "*?[":
-        literal = literal.split(ch, 1)[0]
-    return PREFIX.startswith(literal) or literal.startswith(PREFIX)
-
-
-def list_names(pattern: str | None) -> list[str]:
-    """Full names matching ``pattern``: architectures, plus pretrained tags when the pattern names a tag (has a
-    dot after the prefix). ``None`` gives :data:`CURATED`."""
-    if pattern is None:
-        return [PREFIX + n for n in CURATED]
-    if not could_match(pattern):
-        return []
+def catalogue(pattern: str) -> list[str]:
+    """The names a listing filters by ``pattern``: timm's architectures, or its pretrained tags when the pattern
+    names a tag (has a dot after the prefix)."""
     import timm
 
-    with_tags = "." in pattern.removeprefix(PREFIX)
-    names = timm.list_pretrained() if with_tags else timm.list_models()
-    return [PREFIX + n for n in names if fnmatch.fnmatch(PREFIX + n, pattern)]
+    names: list[str] = timm.list_pretrained() if "." in pattern.removeprefix(PREFIX) else timm.list_models()
+    return names

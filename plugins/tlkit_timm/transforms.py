@@ -6,18 +6,13 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from tlkit.errors import ConfigError
+from tlkit.plugin import AUTO_AUGMENT_POLICIES, ConfigError, parse_augment
 
 #: The preprocessing keys a timm backbone's spec carries (what ``timm.data.create_transform`` takes).
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
-#: Named augmentation policies for ``augment=``. ``default`` trades timm's ImageNet-from-scratch crop scale
-#: (0.08) for a gentler one (0.35, fastai's fine-tuning default): small transfer datasets lose too much otherwise.
-POLICIES: dict[str, dict[str, Any]] = {
-    "default": {"scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 0.4},
-    "light": {"scale": (0.7, 1.0), "hflip": 0.5, "color_jitter": 0.0},
-    "randaugment": {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": "rand-m9-mstd0.5-inc1"},
-}
+#: The shared augmentation vocabulary's ``auto_augment`` policies as timm strings. timm has no TrivialAugment.
+TIMM_AUTO_AUGMENT = {"randaugment": "rand-m9-mstd0.5-inc1", "autoaugment": "original", "augmix": "augmix-m5-w4-d2"}
 
 #: Prefixes of timm auto-augment strings (``rand-m9-mstd0.5``, ``augmix-m5-w4-d2``, ``original``, ``v0``, ``3a``).
 AUTO_AUGMENT_PREFIXES = ("rand-", "augmix", "original", "v0", "3a")
@@ -56,43 +51,44 @@ def eval_transform(cfg: Mapping[str, Any]) -> Any:
 
 
 def train_transform(cfg: Mapping[str, Any], augment: str | Mapping[str, Any] | None) -> Any:
-    """timm's training transform with the augmentation ``augment`` names; ``"none"`` is the eval transform.
+    """timm's training transform for ``augment`` (tlkit's augmentation vocabulary, :func:`tlkit.plugin.parse_augment`);
+    ``"none"`` is the eval transform.
 
-    ``augment`` is ``None``/``"default"``, a policy in :data:`POLICIES`, a timm auto-augment string
-    (``"rand-m9-mstd0.5"``), or a mapping of ``timm.data.create_transform`` arguments (``scale``, ``hflip``,
-    ``color_jitter``, ``auto_augment``, ``re_prob`` ...).
+    Beyond the shared vocabulary, timm takes its own auto-augment strings (``"rand-m7-mstd0.5"``, as ``augment`` or as
+    ``auto_augment``) and any other ``timm.data.create_transform`` argument in a dict.
     """
     from timm.data import create_transform
 
-    if augment == "none":
-        return eval_transform(cfg)
     options = augment_options(augment)
+    if options is None:
+        return eval_transform(cfg)
     args = _transform_args(cfg)
     args.pop("crop_pct", None)
     args.pop("crop_mode", None)
     return create_transform(**args, is_training=True, **options)
 
 
-def augment_options(augment: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``create_transform`` keyword arguments for an ``augment`` value (validated)."""
-    if augment is None or augment == "default":
-        return dict(POLICIES["default"])
-    if isinstance(augment, str):
-        if augment in POLICIES:
-            return dict(POLICIES[augment])
-        if augment.startswith(AUTO_AUGMENT_PREFIXES):
-            return {**POLICIES["default"], "auto_augment": augment}
-        raise ConfigError(
-            f"unknown augment policy {augment!r}; use none, {', '.join(POLICIES)}, a timm auto-augment string "
-            f"such as rand-m9-mstd0.5, or a dict of timm.data.create_transform arguments"
-        )
+def augment_options(augment: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``create_transform`` keyword arguments for an ``augment`` value (validated); ``None`` for ``"none"``."""
     from timm.data import create_transform
 
-    allowed = set(inspect.signature(create_transform).parameters) - {"input_size", "is_training", "mean", "std"}
-    unknown = sorted(set(augment) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown augment option(s) {', '.join(unknown)}; see timm.data.create_transform")
-    return {**POLICIES["default"], **dict(augment)}
+    taken = {"input_size", "is_training", "mean", "std"}
+    extra = set(inspect.signature(create_transform).parameters) - taken
+    options = parse_augment(augment, extra_keys=sorted(extra), backend_policy=is_timm_policy)
+    policy = options.get("auto_augment") if options else None
+    if options is not None and policy in AUTO_AUGMENT_POLICIES:
+        if policy not in TIMM_AUTO_AUGMENT:
+            raise ConfigError(
+                f"{{param}} {policy}: timm has no such policy; use {', '.join(TIMM_AUTO_AUGMENT)} or a timm string",
+                param="augment",
+            )
+        options["auto_augment"] = TIMM_AUTO_AUGMENT[policy]
+    return options
+
+
+def is_timm_policy(text: str) -> bool:
+    """Whether ``text`` is a timm auto-augment string."""
+    return text.startswith(AUTO_AUGMENT_PREFIXES)
 
 
 def _transform_args(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,32 +1,26 @@
 """tlkit built-in plugin: torchvision classification models as ``torchvision/<model>``.
 
-Imported by ``tlkit --help``: no torch or torchvision at module level; the hooks import them on use.
+Imported by ``tlkit --help``: no torch or torchvision at module level; they load when a name is checked, listed or
+built.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from tlkit.plugin import BackboneFamily
+from tlkit_torchvision.backbone import TorchvisionBackbone
+from tlkit_torchvision.naming import CURATED, PREFIX, check_name, classification_models
 
-from tlkit.host.hookspecs import hookimpl
+#: Every torchvision classification model; its methods are this plugin's two hooks.
+FAMILY = BackboneFamily(
+    PREFIX,
+    TorchvisionBackbone,
+    plugin="torchvision",
+    check=check_name,
+    catalogue=lambda pattern: classification_models(),
+    curated=CURATED,
+    summary="torchvision model",
+)
+tlkit_resolve_backbone = FAMILY.tlkit_resolve_backbone
+tlkit_list_backbones = FAMILY.tlkit_list_backbones
 
-if TYPE_CHECKING:
-    from tlkit.host.registry import BackboneEntry
-
-
-@hookimpl
-def tlkit_resolve_backbone(name: str) -> BackboneEntry | None:
-    """Any ``torchvision/<model>`` classification model; an unknown model raises with the closest names."""
-    from tlkit_torchvision.naming import PREFIX, check_name, entry
-
-    if not name.startswith(PREFIX):
-        return None
-    check_name(name)
-    return entry(name)
-
-
-@hookimpl
-def tlkit_list_backbones(pattern: str | None) -> list[BackboneEntry]:
-    """``torchvision.models.list_models()`` filtered by ``pattern``; a short list without one."""
-    from tlkit_torchvision.naming import entry, list_names
-
-    return [entry(n) for n in list_names(pattern)]
+__all__ = ["FAMILY", "TorchvisionBackbone"]

@@ -12,10 +12,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import Backbone, BackboneSpec, Block, build_shapes_only
-from tlkit.data.image import as_rgb_image
-from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
-from tlkit_torchvision import naming
+from tlkit.plugin import (
+    BackboneSpec,
+    BadInputError,
+    Block,
+    ConfigError,
+    ImageBackbone,
+    TlkitError,
+    UnknownNameError,
+    build_shapes_only,
+    load_state_dict_file,
+    parse_augment,
+)
+from tlkit_torchvision.naming import PREFIX, check_name, find_weights, looks_like_enum, unknown_weights, weights_enum
 
 if TYPE_CHECKING:
     import torch
@@ -25,22 +34,9 @@ if TYPE_CHECKING:
 
 PREPROCESS_KEYS = ("input_size", "resize_size", "mean", "std", "interpolation", "crop_pct")
 
-#: Named training augmentations. ``default`` crops gently (scale 0.35-1) because transfer sets are small.
-POLICIES: dict[str, dict[str, Any]] = {
-    "default": {"scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 0.4},
-    "light": {"scale": (0.7, 1.0), "hflip": 0.5, "color_jitter": 0.0},
-    "randaugment": {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": "randaugment"},
-    "trivialaugment": {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": "trivialaugment"},
-    "autoaugment": {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": "autoaugment"},
-    "augmix": {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": "augmix"},
-}
-AUGMENT_KEYS = ("scale", "ratio", "hflip", "vflip", "color_jitter", "auto_augment", "re_prob")
 
-
-class TorchvisionBackbone(Backbone):
+class TorchvisionBackbone(ImageBackbone):
     """A torchvision classification model without its final classifier."""
-
-    modality = "image"
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -49,17 +45,16 @@ class TorchvisionBackbone(Backbone):
         if self.pooling not in (None, "default"):
             raise ConfigError(f"{name}: torchvision models have one pooling; drop pooling={self.pooling!r}")
         self._spec: BackboneSpec | None = None
-        self._transforms: dict[bool, Any] = {}
         self._layout: Layout | None = None
 
     # -- names and weights ----------------------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
-        return self.name.removeprefix(naming.PREFIX)
+        return self.name.removeprefix(PREFIX)
 
     def weights_enum(self) -> Any:
         """The chosen weights enum member, or ``None`` for ``none`` and local files."""
-        return naming.find_weights(self.model_name, self.weights)
+        return find_weights(self.model_name, self.weights)
 
     def weights_kind(self) -> str:
         if self.weights == "none":
@@ -71,13 +66,13 @@ class TorchvisionBackbone(Backbone):
     def local_weights_path(self) -> Any:
         from pathlib import Path
 
-        if not Path(self.weights).expanduser().exists() and naming.looks_like_enum(self.weights):
-            raise naming.unknown_weights(self.model_name, self.weights)
+        if not Path(self.weights).expanduser().exists() and looks_like_enum(self.weights):
+            raise unknown_weights(self.model_name, self.weights)
         return super().local_weights_path()
 
     def _preprocess_weights(self) -> Any:
         """Whose ``transforms()`` define preprocessing: the chosen weights, else the model's DEFAULT weights."""
-        return self.weights_enum() or naming.weights_enum(self.model_name).DEFAULT
+        return self.weights_enum() or weights_enum(self.model_name).DEFAULT
 
     # -- spec -----------------------------------------------------------------------------------------------------
     def default_preprocess(self) -> dict[str, Any]:
@@ -111,13 +106,13 @@ class TorchvisionBackbone(Backbone):
     @property
     def spec(self) -> BackboneSpec:
         if self._spec is None:
-            naming.check_name(self.name)
+            check_name(self.name)
             kind = self.weights_kind()
             weights = self.weights_enum()
             meta = build_shapes_only(lambda: self._headless(self._new_model(None)))
             self._spec = BackboneSpec(
                 name=self.name,
-                modality="image",
+                modality=self.modality,
                 embed_dim=int(meta.embed_dim_),
                 preprocess=self._preprocess_config(),
                 pooling="default",
@@ -137,17 +132,11 @@ class TorchvisionBackbone(Backbone):
             )
         return self._spec
 
-    def fingerprint_data(self) -> dict[str, Any]:
-        data = super().fingerprint_data()
-        if self.weights_kind() == "local":
-            data["spec"].pop("source", None)  # the content hash identifies the file; its path may differ per machine
-        return data
-
     # -- building -------------------------------------------------------------------------------------------------
     def _builder_kwargs(self, weights: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         size = self.preprocess_overrides.get("input_size")
-        if weights is None and size is not None and naming.PREFIX + "vit_" in self.name:
+        if weights is None and size is not None and PREFIX + "vit_" in self.name:
             side = size if isinstance(size, int) else size[-1]
             kwargs["image_size"] = int(side)  # a ViT's position embeddings are built for one size
         if weights is None and self.model_name in ("inception_v3", "googlenet"):
@@ -162,8 +151,8 @@ class TorchvisionBackbone(Backbone):
 
         return get_model(self.model_name, weights=weights, **self._builder_kwargs(weights))
 
-    def _build(self) -> nn.Module:
-        naming.check_name(self.name)
+    def build_module(self) -> nn.Module:
+        check_name(self.name)
         weights = self.weights_enum()
         if weights is not None:
             try:
@@ -172,7 +161,8 @@ class TorchvisionBackbone(Backbone):
                 reason = " ".join(str(exc).split())[:200]
                 raise TlkitError(
                     f"{self.name}: could not load weights {weights} from {weights.url} ({type(exc).__name__}: "
-                    f"{reason}); check the network, or pass --weights none or a local weights file"
+                    f"{reason}); check the network, or pass {{param}} none or a local weights file",
+                    param="weights",
                 ) from exc
             return self._headless(model)
         if self.weights_kind() == "none":
@@ -205,13 +195,9 @@ class TorchvisionBackbone(Backbone):
         return model
 
     # -- preprocessing --------------------------------------------------------------------------------------------
-    def preprocess_item(self, item: Any, *, train: bool = False) -> torch.Tensor:
-        transform = self._transforms.get(train)
-        if transform is None:
-            cfg = self.spec.preprocess
-            transform = train_transform(cfg, self.augment) if train else eval_transform(cfg)
-            self._transforms[train] = transform
-        return transform(as_rgb_image(item))
+    def make_transform(self, train: bool) -> Any:
+        cfg = self.spec.preprocess
+        return train_transform(cfg, self.augment) if train else eval_transform(cfg)
 
     # -- forward --------------------------------------------------------------------------------------------------
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -251,11 +237,7 @@ class TorchvisionBackbone(Backbone):
 def load_matching(model: nn.Module, path: Any, model_name: str) -> None:
     """Load a local state dict strictly into the headless model; the file's classifier and auxiliary heads are
     dropped (the backbone does not use them), anything else that does not fit is an error naming the file."""
-    from tlkit.contract.weights import load_state_dict_file
-
     state = load_state_dict_file(path)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
     wanted = model.state_dict()
     state = {k: v for k, v in state.items() if k in wanted or not _is_head_key(k, model_name)}
     try:
@@ -327,28 +309,16 @@ def eval_transform(cfg: Mapping[str, Any]) -> Any:
     )
 
 
-def augment_options(augment: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    if augment is None or augment == "default":
-        return dict(POLICIES["default"])
-    if isinstance(augment, str):
-        if augment in POLICIES:
-            return dict(POLICIES[augment])
-        raise ConfigError(f"unknown augment policy {augment!r}; use none, {', '.join(POLICIES)}, or a dict")
-    unknown = sorted(set(augment) - set(AUGMENT_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown augment option(s) {', '.join(unknown)}; use {', '.join(AUGMENT_KEYS)}")
-    return {**POLICIES["default"], **dict(augment)}
-
-
 def train_transform(cfg: Mapping[str, Any], augment: str | Mapping[str, Any] | None) -> Any:
-    """Random resized crop, flips, optional auto-augmentation and colour jitter, then the eval normalisation."""
+    """Random resized crop, flips, optional auto-augmentation and colour jitter, then the eval normalisation, for
+    ``augment`` in tlkit's augmentation vocabulary (:func:`tlkit.plugin.parse_augment`)."""
     import torch
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
-    if augment == "none":
+    opts = parse_augment(augment)
+    if opts is None:
         return eval_transform(cfg)
-    opts = augment_options(augment)
     _, h, w = (int(v) for v in cfg["input_size"])
     interpolation = InterpolationMode(cfg["interpolation"])
     steps: list[Any] = [
@@ -372,8 +342,6 @@ def train_transform(cfg: Mapping[str, Any], augment: str | Mapping[str, Any] | N
             "autoaugment": T.AutoAugment,
             "augmix": T.AugMix,
         }
-        if auto not in table:
-            raise ConfigError(f"unknown auto_augment {auto!r}; use {', '.join(table)}")
         steps.append(table[auto](interpolation=interpolation))
     elif opts.get("color_jitter"):
         j = float(opts["color_jitter"])

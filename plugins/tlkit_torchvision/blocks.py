@@ -7,7 +7,7 @@
   ``head_norm`` (``encoder.ln``), ``pre_logits`` (when the weights have a representation layer);
 - everything else (EfficientNet, MobileNet, RegNet, VGG, DenseNet, Inception, ...): one block per top-level child,
   with the trunk split into its children: ``features.0``, ``features.1``, ...
-  (:func:`tlkit.contract.backbone.blocks_from_children`).
+  (:func:`tlkit.plugin.blocks_from_children`).
 
 Each layout also says which module's output is each block's output, for per-block embeddings.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tlkit.contract.backbone import Block, blocks_from_children, blocks_from_prefixes
+from tlkit.plugin import Block, blocks_from_children, blocks_from_prefixes
 
 if TYPE_CHECKING:
     from torch import nn

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tlkit.errors import UnknownNameError
-
-if TYPE_CHECKING:
-    from tlkit.host.registry import BackboneEntry
+from tlkit.plugin import UnknownNameError
 
 PREFIX = "torchvision/"
-PLUGIN = "torchvision"
 
 #: What ``tlkit backbones`` shows without a filter.
 CURATED = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "vit_b_16", "vgg16")
@@ -71,23 +66,3 @@ def unknown_weights(model: str, weights: str) -> UnknownNameError:
         list(enum.__members__),
         hint="or pretrained, none, or a local weights file",
     )
-
-
-def entry(name: str) -> BackboneEntry:
-    from tlkit.host.registry import BackboneEntry
-    from tlkit_torchvision.backbone import TorchvisionBackbone
-
-    return BackboneEntry(
-        name=name, factory=TorchvisionBackbone, modality="image", summary="torchvision model", plugin=PLUGIN
-    )
-
-
-def list_names(pattern: str | None) -> list[str]:
-    if pattern is None:
-        return [PREFIX + m for m in CURATED]
-    literal = pattern
-    for ch in "*?[":
-        literal = literal.split(ch, 1)[0]
-    if not (PREFIX.startswith(literal) or literal.startswith(PREFIX)):
-        return []
-    return [PREFIX + m for m in classification_models() if fnmatch.fnmatch(PREFIX + m, pattern)]

@@ -10,19 +10,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+from _extract_helpers import assert_same_cache, read_cache, write_images
 
 import tlkit
-from _extract_helpers import assert_same_cache, one_thread, read_cache, write_images
-from tlkit.cache.core import FeatureCache, export_cache, merge_caches, verify_cache, work_dir_for
+from tlkit.cache import FeatureCache, export_cache, merge_caches, verify_cache, work_dir_for
 from tlkit.errors import CacheError, FingerprintMismatchError, UnknownNameError
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import tlkit
-from tlkit.cli.main import cli
+from tlkit.cli import cli
 from tlkit.testing.fake import FakeImageBackbone
 
 
@@ -120,7 +120,7 @@ def test_help_does_not_import_torch():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from tlkit.cli.main import cli\n"
+        "from tlkit.cli import cli\n"
         "r = CliRunner().invoke(cli, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'timm', 'transformers', 'h5py', 'sklearn', 'numpy') if m in sys.modules]\n"

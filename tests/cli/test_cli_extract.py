@@ -8,21 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+from _extract_helpers import assert_same_cache, run_cli, write_images, write_texts
 from click.testing import CliRunner
 
 import tlkit
-from _extract_helpers import assert_same_cache, one_thread, run_cli, write_images, write_texts
-from tlkit.cache.core import cache_lock, work_dir_for
-from tlkit.cli.main import cli
+from tlkit.cache import cache_lock, work_dir_for
+from tlkit.cli import cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 FP32 = ["--precision", "fp32", "--workers", "0"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture
@@ -73,7 +67,7 @@ def test_json_result_layers_views(images, tmp_path):
 def test_on_error_fail_names_the_item(images, tmp_path):
     res = invoke("extract", "fake/image", images, "-o", tmp_path / "c.h5", *FP32, "--on-error", "fail")
     assert res.exit_code == 1
-    assert "Error: class_0/broken.jpg: not an image" in res.output and "--on-error skip" in res.output
+    assert "Error: class_0/broken.jpg: not an image" in res.output and "set --on-error to skip" in res.output
 
 
 def test_verify_export_merge(images, tmp_path):

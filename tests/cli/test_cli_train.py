@@ -11,7 +11,7 @@ import pytest
 from _heads_helpers import image_split, make_cache, timm_backbone, timm_weights
 from click.testing import CliRunner
 
-from tlkit.cli.main import cli
+from tlkit.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,10 @@ def test_train_json_with_sklearn_head_and_params(data, tmp_path):
         (["--head", "sklearn", "--param", "estimator=logreg", "--param", "Cx=1"], "unknown parameter(s) Cx"),
         (["--head", "nope"], "Error: unknown head 'nope'"),
         (["--val-split", "0.2", "--val", "VAL"], "Error: give --val or --val-split, not both"),
+        (["--val-split", "0", "--early-stopping", "2"], "Error: --early-stopping needs validation data"),
+        (["--sweep", "--head", "mlp"], "Error: --head 'mlp': a sweep trains linear probes"),
+        (["--sweep", "--param", "C=1"], "Error: --param do not apply: a sweep trains plain linear probes"),
+        (["--lr", "0"], "Error: --lr must be positive, not 0.0"),
     ],
 )
 def test_option_errors_are_one_line(data, tmp_path, args, message):

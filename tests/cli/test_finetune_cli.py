@@ -8,25 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from _ft_helpers import image_data, write_head_run
 from click.testing import CliRunner
 
 import tlkit
-from tlkit.runs.advise import advise
-from tlkit.cli.main import cli
+from tlkit.cli import cli
 from tlkit.data.base import Dataset, Record
 from tlkit.heads.torch_heads import build_head
+from tlkit.runs.advice import advise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--workers", "0", "--batch-size", "8", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -140,5 +133,5 @@ def test_advise_command_with_a_probe(data: Path) -> None:
 
 
 def test_command_module_does_not_import_torch() -> None:
-    code = "import sys, tlkit.cli.finetune, tlkit.cli.main; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, tlkit.cli.finetune, tlkit.cli.app; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

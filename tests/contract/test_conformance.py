@@ -79,7 +79,21 @@ class FingerprintIgnoresPreprocess(FakeImageBackbone):
         return "always-the-same"
 
 
+class SpecSaysText(FakeImageBackbone):
+    @property
+    def spec(self):
+        from dataclasses import replace
+
+        return replace(super().spec, modality="text")
+
+
+class NoModality(FakeImageBackbone):
+    modality = "video"
+
+
 BROKEN = [
+    (SpecSaysText, "modality"),
+    (NoModality, "modality"),
     (NoPreprocessConfig, "preprocess_config"),
     (WrongShape, "embedding_shape"),
     (NonDeterministic, "determinism"),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tlkit.data import load_or_skip, open_dataset
+from tlkit import open_dataset
+from tlkit.data import load_or_skip
 from tlkit.data.audio import AudioClip, AudioReader, decode_audio, resample, to_mono
 from tlkit.errors import BadInputError, BadItemError
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tlkit.data import open_dataset
+from tlkit import open_dataset
 from tlkit.data.base import load_or_skip
 from tlkit.data.image import ImageReader, as_rgb_image, decode_image
 from tlkit.errors import BadInputError, BadItemError
@@ -283,7 +283,7 @@ def test_folder_level_problems_get_clear_messages(tmp_path: Path) -> None:
 # -- the --on-error policy, end to end ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_extract_skips_bad_files_and_records_reasons(tmp_path: Path) -> None:
-    from tlkit.cli.main import cli
+    from tlkit.cli import cli
 
     expected = write_bad_files(tmp_path / "data")
     args = ["extract", "fake/image", str(tmp_path / "data"), "-o", str(tmp_path / "c.h5"), "--workers", "0"]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tlkit.data import UNLABELLED, open_dataset
+from tlkit import open_dataset
+from tlkit.data import UNLABELLED
 from tlkit.data.text import TextReader
 from tlkit.errors import BadInputError
 
@@ -81,7 +82,7 @@ def test_missing_label_column_is_an_error_only_when_asked_for(tmp_path):
     path.write_text("text,category\nhi,a\n", encoding="utf-8")
     ds = open_dataset(path, modality="text")
     assert not ds.labelled and ds.class_names == []
-    with pytest.raises(BadInputError, match=r"no column 'label'; columns are text, category \(set --label-column\)"):
+    with pytest.raises(BadInputError, match=r"no column 'label'; columns are text, category \(set label_column\)"):
         open_dataset(path, modality="text", label_column="label")
 
 

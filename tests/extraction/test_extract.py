@@ -10,25 +10,21 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from _extract_helpers import assert_same_cache, read_cache, write_images, write_texts
 
 import tlkit
-from _extract_helpers import assert_same_cache, one_thread, read_cache, write_images, write_texts
-from tlkit.cache.core import FeatureCache, work_dir_for
-from tlkit.data import open_dataset
+from tlkit import open_dataset
+from tlkit.cache import FeatureCache, work_dir_for
 from tlkit.data.base import Dataset, Record
-from tlkit.data.open import get_reader
 from tlkit.errors import BadInputError, CacheError, ConfigError, FingerprintMismatchError, UnknownNameError
-from tlkit.extraction.engine import cpu_has_native_bf16, embed_records, resolve_precision
+from tlkit.extraction import embed_records
+from tlkit.host.readers import get_reader
+from tlkit.runtime import RuntimeOptions, resolve, resolve_precision
+from tlkit.runtime.probe import cpu_has_native_bf16
 from tlkit.runtime.progress import ProgressEvent
 from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 FP32 = dict(precision="fp32", workers=0)
@@ -129,7 +125,7 @@ def test_mismatched_fingerprint_is_refused_unless_overwrite(images, tmp_path):
 def test_foreign_file_is_not_replaced_without_overwrite(images, tmp_path):
     out = tmp_path / "c.h5"
     out.write_text("my notes")
-    with pytest.raises(CacheError, match="--overwrite"):
+    with pytest.raises(CacheError, match="pass overwrite to replace it"):
         tlkit.extract("fake/image", images, out, **FP32)
     assert out.read_text() == "my notes"
     tlkit.extract("fake/image", images, out, overwrite=True, **FP32)
@@ -218,7 +214,7 @@ def test_bad_items_skip_and_fail(images, tmp_path):
     assert set(reasons) == {"class_0/zz_corrupt.png", "class_1/aa_text.jpg"} and all(reasons.values())
     # a rerun does not retry the known-bad files: it is a no-op
     assert tlkit.extract("fake/image", images, tmp_path / "c.h5", **FP32).status == "up-to-date"
-    with pytest.raises(BadInputError, match=r"class_0/zz_corrupt.png: .*--on-error skip"):
+    with pytest.raises(BadInputError, match=r"class_0/zz_corrupt.png: .*set on_error to skip"):
         tlkit.extract("fake/image", images, tmp_path / "f.h5", on_error="fail", **FP32)
 
 
@@ -246,13 +242,13 @@ def test_auto_batch_backs_off_without_losing_a_batch(images, tmp_path):
     X, _ = tlkit.load_features(out)
     R, _ = tlkit.load_features(ref)
     np.testing.assert_allclose(X, R, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ConfigError, match="out of memory at batch size 8"):
+    with pytest.raises(ConfigError, match="out of memory at batch size 8 on cpu; lower batch_size or set it to auto"):
         tlkit.extract(OomAbove4("fake/image"), images, tmp_path / "fixed.h5", batch_size=8, **FP32)
 
 
 def test_precision_auto_and_bf16(images, tmp_path):
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve("extract", RuntimeOptions(device="cpu")).precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     with pytest.raises(ConfigError, match="precision"):
         resolve_precision("fp8", cpu)
     a, b = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
@@ -270,9 +266,9 @@ def test_precision_auto_and_bf16(images, tmp_path):
 
 
 def test_bad_options_and_inputs(images, tmp_path):
-    with pytest.raises(ConfigError, match="store-dtype"):
+    with pytest.raises(ConfigError, match="store_dtype must be one of float32, float16, not 'int8'"):
         tlkit.extract("fake/image", images, tmp_path / "x.h5", store_dtype="int8")
-    with pytest.raises(ConfigError, match="shard"):
+    with pytest.raises(ConfigError, match="shard 3/3: need 0 <= I < N"):
         tlkit.extract("fake/image", images, tmp_path / "x.h5", shard="3/3")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         tlkit.extract("fake/image", images, tmp_path / "x.h5", device="cuda")
@@ -286,7 +282,8 @@ def test_bad_options_and_inputs(images, tmp_path):
 def test_embed_records_in_memory(images):
     ds = open_dataset(images)
     bb = tlkit.get_backbone("fake/image")
-    X, kept, skipped = embed_records(bb, ds.records, get_reader(ds), precision="fp32", batch_size=5)
+    runtime = resolve("extract", RuntimeOptions(precision="fp32", batch_size=5, workers=0))
+    X, kept, skipped = embed_records(bb, ds.records, get_reader(ds), runtime=runtime)
     ref = direct_embeddings(tlkit.get_backbone("fake/image"), ds)
     assert kept == list(range(12)) and not skipped
     np.testing.assert_allclose(X, np.stack([ref[r.id] for r in ds.records]), rtol=1e-5, atol=1e-6)

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _extract_helpers import CHILD_ENV, assert_same_cache, run_cli, write_images
-from tlkit.cache.core import verify_cache, work_dir_for
+
+from tlkit.cache import verify_cache, work_dir_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 

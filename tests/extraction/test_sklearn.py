@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from _extract_helpers import write_images
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
@@ -14,18 +15,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import tlkit
-from _extract_helpers import one_thread, write_images
 from tlkit.sklearn import EXPECTED_FAILED_CHECKS, ItemsError, TlkitEmbedder
 from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-    TlkitEmbedder.clear_memory()
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 class CountingText(FakeTextBackbone):

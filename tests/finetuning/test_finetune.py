@@ -14,15 +14,9 @@ from tlkit.errors import BadInputError, ConfigError, FingerprintMismatchError
 from tlkit.heads.torch_heads import build_head
 from tlkit.runs.model import TransferModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +146,11 @@ def test_run_directory_and_from_run(data: Path, tmp_path: Path) -> None:
     assert config["backbone"]["fingerprint"] == tlkit.get_backbone("fake/image").fingerprint()
     assert config["head"] == {"name": "mlp", "kind": "torch", "params": {}, "in_dim": 16, "n_classes": 3}
     assert config["class_names"] == ["class_0", "class_1", "class_2"]
+    assert config["runtime"] == {
+        "stage": "finetune", "device": "cpu", "precision": "fp32", "batch_size": None, "auto_batch": False,
+        "workers": 0, "rank": 0, "world_size": 1,
+    }  # fmt: skip
+    assert config["args"]["precision"] == "fp32" and config["args"]["device"] == "cpu"  # as given
     from safetensors.torch import load_file
 
     keys = load_file(str(out / "model.safetensors")).keys()
@@ -170,6 +169,17 @@ def test_run_directory_and_from_run(data: Path, tmp_path: Path) -> None:
     with torch.inference_mode():
         assert torch.equal(model(batch), ref(batch))
     assert model.class_names == config["class_names"] and not model.training
+
+
+def test_auto_precision_is_the_one_extraction_uses(data: Path, tmp_path: Path) -> None:
+    from tlkit.runtime import RuntimeOptions, resolve
+
+    result = tlkit.finetune(
+        "fake/image", data, tmp_path / "run", epochs=1, unfreeze="none", **{**FAST, "precision": "auto"}
+    )
+    runtime = json.loads((result.run_dir / "config.json").read_text())["runtime"]
+    extraction = resolve("extract", RuntimeOptions.of(device="cpu"), env=False)
+    assert runtime["precision"] == extraction.precision and runtime["device"] == "cpu"
 
 
 def test_bad_items_are_skipped_with_a_summary(tmp_path: Path) -> None:
@@ -221,12 +231,12 @@ def test_text_backbone_bf16_accumulation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"schedule": "head:1,last:1:1", "gradual": True}, "--schedule or --gradual"),
-        ({"schedule": "head:1,last:1:1", "unfreeze": "all"}, "drop --unfreeze"),
+        ({"schedule": "head:1,last:1:1", "gradual": True}, "give schedule or gradual, not both"),
+        ({"schedule": "head:1,last:1:1", "unfreeze": "all"}, "drop unfreeze"),
         ({"schedule": "head:1,last:1:1", "epochs": 5}, "disagrees"),
         ({"backbone_lr_ratio": 0.1, "backbone_lr": 1e-5}, "not both"),
         ({"val_split": 0.0, "early_stopping": 2}, "watches validation"),
-        ({"layer_decay": 1.5}, "layer-decay"),
+        ({"layer_decay": 1.5}, "layer_decay must be in"),
         ({"unfreeze": "stages.9"}, "stem, stages.0, stages.1"),
         ({"nonsense": 1}, "unknown finetune option"),
     ],
@@ -238,11 +248,11 @@ def test_conflicting_or_bad_options(data: Path, tmp_path: Path, options: dict, m
 
 
 def test_val_and_val_split_conflict_and_existing_run(data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--val or --val-split"):
+    with pytest.raises(ConfigError, match="give val or val_split, not both"):
         tlkit.finetune("fake/image", data, tmp_path / "r", val=data, val_split=0.2, **FAST)
     out = tmp_path / "done"
     tlkit.finetune("fake/image", data, out, epochs=1, unfreeze="none", **FAST)
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="already holds a run; pass resume"):
         tlkit.finetune("fake/image", data, out, epochs=1, unfreeze="none", **FAST)
 
 
@@ -257,7 +267,7 @@ class _WaveBackbone(tlkit.Backbone):
 
         return BackboneSpec(self.name, "audio", 4, {"sample_rate": 8000, "clip_seconds": 0.05}, "mean", self.weights)
 
-    def _build(self):
+    def build_module(self):
         return torch.nn.Linear(1, 4)
 
     def preprocess_item(self, item, *, train: bool = False):
@@ -277,8 +287,8 @@ def test_audio_training_items_are_cropped_scaled_and_noised(tmp_path: Path) -> N
     import numpy as np
     import soundfile
 
-    from tlkit.data.open import open_dataset
     from tlkit.finetuning.data import ItemDataset
+    from tlkit.host.readers import open_dataset
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

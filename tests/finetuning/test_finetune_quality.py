@@ -4,10 +4,10 @@ frozen-feature head trained on the same split with the same budget (epochs, head
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from _ft_helpers import FASHION, fashion_mnist_folder
 
 import tlkit
 
@@ -26,10 +26,8 @@ SETTINGS = {
 }
 
 
-def test_fine_tuning_last_two_blocks_beats_the_frozen_head(tmp_path: Path) -> None:
+def test_fine_tuning_last_two_blocks_beats_the_frozen_head(tmp_path: Path, fashion_mnist_folder: Any) -> None:
     pytest.importorskip("tlkit_effnet_lite", reason="pip install -e plugins/examples/tlkit-effnet-lite")
-    if not FASHION.is_dir():
-        pytest.skip("needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -18,8 +18,8 @@ from _ft_helpers import image_data
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from tlkit.cli import cli
 from tlkit.finetuning.state import read_meta
-from tlkit.cli.main import cli
 
 ARGS = [
     "--schedule",

@@ -7,14 +7,13 @@ import torch
 from click.testing import CliRunner
 
 import tlkit
-from tlkit.finetuning.bn import BatchNormPolicy, bn_block_map
-from tlkit.cli.main import cli
+from tlkit.cli import cli
 from tlkit.errors import ConfigError
-from tlkit.finetuning.engine import freeze_preview
-from tlkit.finetuning.freeze import resolve_unfreeze
+from tlkit.finetuning.bn import BatchNormPolicy, bn_block_map
+from tlkit.finetuning.freeze import freeze_preview, resolve_unfreeze
+from tlkit.finetuning.optim import backbone_rate, block_rates, build_param_groups, make_optimizer, set_group_rates
 from tlkit.heads.torch_heads import build_head
 from tlkit.runs.model import TransferModel
-from tlkit.finetuning.optim import backbone_rate, block_rates, build_param_groups, make_optimizer, set_group_rates
 
 NAMES = ["embeddings", "layer.0", "layer.1", "layer.10", "layer.11", "pooler"]
 

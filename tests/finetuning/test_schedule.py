@@ -11,13 +11,7 @@ from _ft_helpers import Recorder, changed_blocks, image_data
 from tlkit.errors import ConfigError
 from tlkit.finetuning.schedule import Phase, gradual_plan, lr_factor, parse_schedule, simple_plan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_schedule() -> None:

@@ -10,9 +10,9 @@ from _heads_helpers import image_split, make_cache, timm_backbone, timm_weights
 
 import tlkit
 from tlkit.errors import BadInputError, ConfigError, UnknownNameError
+from tlkit.heads import train_head
 from tlkit.heads.torch_heads import build_head, parse_params, split_head_name
 from tlkit.runs.inference import load_head_run
-from tlkit.heads.training import train_head
 
 
 @pytest.fixture(scope="module")

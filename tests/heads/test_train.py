@@ -12,8 +12,8 @@ from _heads_helpers import PlantedBackbone, image_split, make_cache, timm_backbo
 
 import tlkit
 from tlkit.errors import BadInputError, ConfigError, FingerprintMismatchError, UnknownNameError
+from tlkit.heads import train_head
 from tlkit.runs.rundir import read_jsonl
-from tlkit.heads.training import train_head
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +79,17 @@ def test_named_layer_and_unknown_layer(data, tmp_path):
         assert config["head"]["in_dim"] == int(fc.layer("blocks.2").shape[1]) != fc.dim
     with pytest.raises(UnknownNameError, match="unknown layer 'blocks.9'"):
         train_head(data["train"], tmp_path / "bad", layer="blocks.9")
-    with pytest.raises(BadInputError, match="--layer auto needs cached layers.*--layers all"):
+    with pytest.raises(BadInputError, match="layer auto needs cached layers.*--layers all"):
         train_head(data["val"], tmp_path / "bad2", layer="auto")
 
 
 def test_views_change_the_batches_between_epochs(data):
-    from tlkit.cache.core import FeatureCache
-    from tlkit.heads.training import _source
+    from tlkit.cache import FeatureCache
+    from tlkit.heads.sources import feature_source
     from tlkit.heads.tables import FeatureTable
 
     with FeatureCache(data["train"]) as fc:
-        source = _source(fc, None, data["train"])
+        source = feature_source(fc, None, data["train"])
         rows = np.arange(len(fc))
         views = np.asarray(fc.views[:])
         for in_memory in (True, False):
@@ -112,9 +112,9 @@ def test_views_train_and_are_recorded(data, tmp_path):
     result = train_head(data["train"], tmp_path / "run", val=data["val"], views=True, head="linear")
     assert result.accuracy >= 0.9
     assert json.loads((result.run_dir / "config.json").read_text())["train"]["views"] is True
-    with pytest.raises(BadInputError, match="no cached views.*--views K"):
+    with pytest.raises(BadInputError, match="no cached views; extract with --views K, or train without views"):
         train_head(data["val"], tmp_path / "nov", views=True, val_split=0.25)
-    with pytest.raises(ConfigError, match="--views.*fitted once"):
+    with pytest.raises(ConfigError, match="^views sample a view per epoch; head 'knn' is fitted once"):
         train_head(data["train"], tmp_path / "knn", views=True, head="knn")
 
 
@@ -156,11 +156,11 @@ def test_streaming_matches_memory(data, tmp_path, monkeypatch):
     from tlkit.heads import tables as train_data
 
     monkeypatch.setattr(train_data, "CHUNK_BYTES", 4 * 256 * 16)  # 16 rows per chunk: many chunks
-    from tlkit.cache.core import FeatureCache
-    from tlkit.heads.training import _source
+    from tlkit.cache import FeatureCache
+    from tlkit.heads.sources import feature_source
 
     with FeatureCache(data["train"]) as fc:
-        source = _source(fc, None, data["train"])
+        source = feature_source(fc, None, data["train"])
         table = train_data.FeatureTable(source, np.arange(0, len(fc), 2), torch.device("cpu"), in_memory=False)
         seen_x, seen_y = zip(*table.batches(8, torch.Generator().manual_seed(1)), strict=True)
         x, y = torch.cat(seen_x).numpy(), torch.cat(seen_y).numpy()
@@ -200,7 +200,7 @@ def test_run_directory_config(data, tmp_path):
     assert report["evaluated_on"] == "val" and len(report["per_class"]) == 3
     assert (result.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (result.run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(BadInputError, match="already holds a run; pass --overwrite"):
+    with pytest.raises(BadInputError, match="already holds a run; pass overwrite to replace it"):
         train_head(data["train"], tmp_path / "run", val=data["val"])
     again = train_head(data["train"], tmp_path / "run", val=data["val"], head="knn", overwrite=True)
     assert (
@@ -219,18 +219,18 @@ def test_bad_input_messages(data, tmp_path):
         train_head(cache, tmp_path / "r1")
     few = image_split(tmp_path / "few", classes=2, per_class=1)
     few_cache = make_cache(few, tmp_path / "few.h5", data["backbone"])
-    with pytest.raises(BadInputError, match="class 'class_0' has 1 item; --val-split 0.2 needs at least 2 per class"):
+    with pytest.raises(BadInputError, match="class 'class_0' has 1 item; val_split 0.2 needs at least 2 per class"):
         train_head(few_cache, tmp_path / "r2")
-    with pytest.raises(ConfigError, match="give --val or --val-split, not both"):
+    with pytest.raises(ConfigError, match="give val or val_split, not both"):
         train_head(data["train"], tmp_path / "r3", val=data["val"], val_split=0.2)
-    with pytest.raises(ConfigError, match="--early-stopping needs validation"):
+    with pytest.raises(ConfigError, match="^early_stopping needs validation data"):
         train_head(data["train"], tmp_path / "r4", val_split=0, early_stopping=2)
-    with pytest.raises(ConfigError, match="--sweep trains linear probes; drop --head mlp"):
+    with pytest.raises(ConfigError, match="head 'mlp': a sweep trains linear probes; drop the head or the sweep"):
         train_head(data["train"], tmp_path / "r5", sweep=True, head="mlp")
     with pytest.raises(UnknownNameError, match="unknown head 'mpl'; did you mean 'mlp'"):
         train_head(data["train"], tmp_path / "r6", head="mpl")
     other = make_cache(image_split(tmp_path / "o", per_class=3), tmp_path / "other.h5", PlantedBackbone("p/x"))
-    with pytest.raises(FingerprintMismatchError, match="--val .*other.h5: its features come from backbone fingerprint"):
+    with pytest.raises(FingerprintMismatchError, match="^val .*other.h5: its features come from backbone fingerprint"):
         train_head(data["train"], tmp_path / "r7", val=other)
     assert not (tmp_path / "r1" / "config.json").exists()  # a failed run leaves no complete-looking run
 

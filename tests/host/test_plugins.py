@@ -7,7 +7,8 @@ import pytest
 import tlkit
 from tlkit.errors import DuplicateNameError, PluginError, UnknownNameError
 from tlkit.host.registry import get_registry, list_backbones, resolve_backbone
-from tlkit.testing.fake import FakeImageBackbone
+from tlkit.plugin import BackboneEntry, hookimpl
+from tlkit.testing import FakeImageBackbone
 
 
 def test_builtin_plugins_are_discovered_through_entry_points(fresh_plugins):
@@ -28,9 +29,9 @@ class _Plugin:
     def __init__(self, name: str, backbone: str = "mine/tiny") -> None:
         self.name, self.backbone = name, backbone
 
-    @tlkit.hookimpl
+    @hookimpl
     def tlkit_register_backbones(self, register):
-        register(self.backbone, FakeImageBackbone, modality="image", summary=f"from {self.name}")
+        register(self.backbone, FakeImageBackbone, summary=f"from {self.name}")
 
 
 def test_in_process_plugin_registers_and_unregisters(fresh_plugins):
@@ -69,7 +70,7 @@ def test_duplicate_of_a_builtin_is_refused(fresh_plugins):
 
 def test_misspelled_hook_is_caught(fresh_plugins):
     class Typo:
-        @tlkit.hookimpl
+        @hookimpl
         def tlkit_register_backbone(self, register):  # missing "s"
             pass
 
@@ -78,33 +79,73 @@ def test_misspelled_hook_is_caught(fresh_plugins):
     assert "typo" not in {p.name for p in fresh_plugins.list_plugins()}
 
 
+class VideoBackbone(FakeImageBackbone):
+    modality = "video"
+
+
 def test_bad_modality_is_a_plugin_error(fresh_plugins):
     class BadModality:
-        @tlkit.hookimpl
+        @hookimpl
         def tlkit_register_backbones(self, register):
-            register("odd/one", FakeImageBackbone, modality="video")
+            register("odd/one", VideoBackbone)
 
     tlkit.register_plugin(BadModality(), name="badmod")
     try:
-        with pytest.raises(PluginError, match="modality 'video'"):
+        with pytest.raises(PluginError, match="'badmod' registered backbone 'odd/one' with modality 'video'"):
             get_registry()
     finally:
         tlkit.unregister_plugin("badmod")
 
 
-def test_resolver_hook_answers_open_ended_names(fresh_plugins):
-    from tlkit.host.registry import BackboneEntry
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (("odd/one", FakeImageBackbone), {"modality": "image"}, "drop it: the modality is the class attribute"),
+        (("odd/one", FakeImageBackbone.build_module), {}, "give a tlkit.plugin.Backbone subclass"),
+        (("odd/one", FakeImageBackbone), {"colour": "red"}, "bad arguments: .*colour"),
+    ],
+)
+def test_bad_registrations_are_plugin_errors(fresh_plugins, args, kwargs, match):
+    class Bad:
+        @hookimpl
+        def tlkit_register_backbones(self, register):
+            register(*args, **kwargs)
 
+    tlkit.register_plugin(Bad(), name="bad")
+    try:
+        with pytest.raises(PluginError, match=match):
+            get_registry()
+    finally:
+        tlkit.unregister_plugin("bad")
+
+
+def test_modality_comes_from_the_class(fresh_plugins):
+    from tlkit.testing import FakeTextBackbone
+
+    tlkit.register_plugin(_Plugin("p1"), name="p1")
+    try:
+        assert resolve_backbone("mine/tiny").modality == "image"
+        assert resolve_backbone("fake/text").modality == FakeTextBackbone.modality == "text"
+        assert {e.name: e.modality for e in get_registry().readers.values()} == {
+            "image": "image",
+            "text": "text",
+            "audio": "audio",
+        }
+    finally:
+        tlkit.unregister_plugin("p1")
+
+
+def test_resolver_hook_answers_open_ended_names(fresh_plugins):
     class Resolver:
-        @tlkit.hookimpl
+        @hookimpl
         def tlkit_resolve_backbone(self, name):
             if name.startswith("any/"):
-                return BackboneEntry(name, FakeImageBackbone, "image", "resolved", "resolver")
+                return BackboneEntry(name, FakeImageBackbone, summary="resolved", plugin="resolver")
             return None
 
-        @tlkit.hookimpl
+        @hookimpl
         def tlkit_list_backbones(self, pattern):
-            return [BackboneEntry("any/one", FakeImageBackbone, "image", "listed", "resolver")]
+            return [BackboneEntry("any/one", FakeImageBackbone, summary="listed", plugin="resolver")]
 
     tlkit.register_plugin(Resolver(), name="resolver")
     try:
@@ -146,17 +187,17 @@ def test_every_hook_is_documented():
 def test_plugin_reader_is_used_for_its_modality(fresh_plugins, tmp_path):
     from PIL import Image
 
-    from tlkit.data import open_dataset
-    from tlkit.data.image import ImageReader
+    from tlkit import open_dataset
+    from tlkit.plugin import ImageReader
 
     class PpmReader(ImageReader):
         name = "ppm"
         extensions = (".ppm",)
 
     class ReaderPlugin:
-        @tlkit.hookimpl
+        @hookimpl
         def tlkit_register_readers(self, register):
-            register("ppm", PpmReader(), modality="image", summary="PPM files only")
+            register("ppm", PpmReader(), summary="PPM files only")
 
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
@@ -171,3 +212,49 @@ def test_plugin_reader_is_used_for_its_modality(fresh_plugins, tmp_path):
         assert builtin.reader == "image" and [r.id for r in builtin.records] == ["a/y.png", "b/y.png"]
     finally:
         tlkit.unregister_plugin("ppm-plugin")
+
+
+def test_backbone_family_answers_both_hooks(fresh_plugins):
+    """A zoo plugin describes its names once; the family's methods are its two hooks."""
+    from tlkit.plugin import BackboneFamily
+
+    asked: list[str] = []
+
+    def check(name):
+        if name.removeprefix("zoo/") not in ("a1", "a2", "b1"):
+            raise UnknownNameError("zoo model", name, ["zoo/a1", "zoo/a2", "zoo/b1"])
+
+    def catalogue(pattern):
+        asked.append(pattern)
+        return ["a1", "a2", "b1"]
+
+    family = BackboneFamily(
+        "zoo/", FakeImageBackbone, plugin="zoo", check=check, catalogue=catalogue, curated=("a1",), summary=str.upper
+    )
+
+    class Zoo:
+        tlkit_resolve_backbone = family.tlkit_resolve_backbone
+        tlkit_list_backbones = family.tlkit_list_backbones
+
+    tlkit.register_plugin(Zoo(), name="zoo")
+    try:
+        assert tlkit.get_backbone("zoo/a2", weights="none").name == "zoo/a2"
+        with pytest.raises(UnknownNameError, match="unknown zoo model 'zoo/a3'; did you mean"):
+            tlkit.get_backbone("zoo/a3")
+        entry = resolve_backbone("zoo/b1")
+        assert (entry.plugin, entry.summary, entry.modality) == ("zoo", "ZOO/B1", "image")
+        assert [e.name for e in list_backbones("zoo/a*")] == ["zoo/a1", "zoo/a2"]
+        assert "zoo/a1" in [e.name for e in list_backbones()] and "zoo/a2" not in [e.name for e in list_backbones()]
+        list_backbones("fake/*")  # a pattern outside the prefix never asks the library
+        assert asked == ["zoo/a*"]
+        assert [p.hooks for p in tlkit.list_plugins() if p.name == "zoo"] == [
+            ["tlkit_list_backbones", "tlkit_resolve_backbone"]
+        ]
+    finally:
+        tlkit.unregister_plugin("zoo")
+
+
+def test_tlkit_hookimpl_is_the_plugin_surface_marker():
+    import tlkit.plugin
+
+    assert tlkit.hookimpl is tlkit.plugin.hookimpl

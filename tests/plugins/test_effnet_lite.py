@@ -8,10 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from conftest_vision import fashion_mnist, read_with_tlkit
+from _vision_helpers import read_with_tlkit
 
 import tlkit
 from tlkit.errors import TlkitError
@@ -100,7 +101,7 @@ def test_logits_need_the_pretrained_classifier() -> None:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_linear_probe(lite0: tlkit.Backbone) -> None:
+def test_fashion_mnist_linear_probe(lite0: tlkit.Backbone, fashion_mnist: Any) -> None:
     """Frozen features + LogisticRegression on 1,000 / 500 Fashion-MNIST images reach >= 0.80 (raw pixels: ~0.79,
     random init: ~0.21). 96 px keeps it fast; the 28 px images hold no more detail."""
     from PIL import Image

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.host.api import get_backbone
 from tlkit.data.audio import AudioClip, resample
 from tlkit.errors import BadInputError, ConfigError
+from tlkit.host.api import get_backbone
 from tlkit.host.registry import resolve_backbone
 from tlkit.testing import assert_conformant
 

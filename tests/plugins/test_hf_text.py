@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.host.api import get_backbone, list_backbones
 from tlkit.errors import BadInputError, ConfigError
+from tlkit.host.api import get_backbone, list_backbones
 from tlkit.host.registry import resolve_backbone
 from tlkit.testing import assert_conformant, sample_texts
 
@@ -240,9 +240,9 @@ def test_unsupported_model_type_and_bad_directories(tmp_path):
         resolve_backbone(f"hf/{empty}")
     with pytest.raises(BadInputError, match="no such directory"):
         resolve_backbone(f"hf/{tmp_path}/missing/model")
-    from tlkit_hf.naming import resolve
+    from tlkit_hf import tlkit_resolve_backbone
 
-    assert resolve("timm/resnet18") is None  # not this plugin's name
+    assert tlkit_resolve_backbone("timm/resnet18") is None  # not this plugin's name
 
 
 def test_curated_list_filters_by_pattern():
@@ -385,7 +385,7 @@ def test_minilm_semantics(minilm_dir):
 def test_cli_backbones_info_on_minilm(minilm_dir):
     from click.testing import CliRunner
 
-    from tlkit.cli.main import cli
+    from tlkit.cli import cli
 
     result = CliRunner().invoke(cli, ["backbones", "info", f"hf/{minilm_dir}"])
     assert result.exit_code == 0, result.output

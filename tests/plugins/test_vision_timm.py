@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _vision_helpers import cosines, randomize_batchnorm, read_with_tlkit, report_parity
 from click.testing import CliRunner
-from conftest_vision import cosines, randomize_batchnorm, read_with_tlkit, report_parity, write_photos
 
 import tlkit
 from tlkit.errors import BadInputError, ConfigError, TlkitError, UnknownNameError
@@ -30,13 +30,6 @@ def parity_options(arch: str) -> tuple[dict, dict]:
         return {}, {}
     model_kwargs = {"img_size": size} if arch.startswith("vit") else {}
     return {"preprocess": {"input_size": [3, size, size]}}, model_kwargs
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    write_photos(folder)
-    return folder
 
 
 def timm_reference(model: torch.nn.Module, folder: Path, size: int | None = None) -> torch.Tensor:
@@ -165,7 +158,7 @@ def test_pretrained_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(hub, "hf_hub_download", offline)
     with pytest.raises(
-        TlkitError, match=r"timm/resnet10t: could not load pretrained weights from hf-hub:timm/.*--weights"
+        TlkitError, match=r"timm/resnet10t: could not load pretrained weights from hf-hub:timm/.*pass weights none"
     ):
         tlkit.get_backbone("timm/resnet10t").load()
 
@@ -268,7 +261,7 @@ def test_blocks_cover_more_layouts(arch: str) -> None:
 
 
 def test_vit_small_blocks_and_backbone_info_cli() -> None:
-    from tlkit.cli.main import cli
+    from tlkit.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["blocks", "timm/vit_small_patch16_224", "--weights", "none", "--json"])

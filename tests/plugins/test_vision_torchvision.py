@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_vision import cosines, randomize_batchnorm, read_with_tlkit, report_parity, write_photos
+from _vision_helpers import cosines, randomize_batchnorm, read_with_tlkit, report_parity
 
 import tlkit
 from tlkit.contract.backbone import build_shapes_only
@@ -15,13 +15,6 @@ from tlkit.testing import assert_conformant, sample_images
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models import get_model, get_model_weights  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    write_photos(folder)
-    return folder
 
 
 def penultimate(model: torch.nn.Module, head: str) -> torch.nn.Module:
@@ -123,7 +116,9 @@ def test_download_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
         raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
-    with pytest.raises(TlkitError, match=r"torchvision/resnet18: could not load weights .*IMAGENET1K_V1.*--weights"):
+    with pytest.raises(
+        TlkitError, match=r"torchvision/resnet18: could not load weights .*IMAGENET1K_V1.*pass weights none"
+    ):
         tlkit.get_backbone("torchvision/resnet18", weights="pretrained").load()
 
 

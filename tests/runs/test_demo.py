@@ -14,7 +14,6 @@ import pytest
 from tlkit.demo import DATA
 
 ROOT = Path(__file__).resolve().parents[2]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["ankle-boot", "bag", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "t-shirt", "trouser"]
 
 
@@ -28,12 +27,11 @@ def test_packaged_sample_has_class_folders_and_a_split():
     assert 100_000 < size < 800_000  # a few hundred KB
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_sample_is_what_the_script_makes(tmp_path):
+def test_sample_is_what_the_script_makes(tmp_path, fashion_mnist_dir):
     spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.make(FASHION, tmp_path) == 1000
+    assert script.make(fashion_mnist_dir, tmp_path) == 1000
     compare = filecmp.dircmp(tmp_path, DATA, ignore=["__pycache__"])
     mismatched = []
 

@@ -12,20 +12,12 @@ from _ft_helpers import FAST, image_data
 from click.testing import CliRunner
 
 import tlkit
-from tlkit.cli.main import cli
+from tlkit.cli import cli
 from tlkit.errors import BadInputError, ConfigError
 from tlkit.runs.model import TransferModel
 from tlkit.testing import sample_images, sample_texts
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from _heads_helpers import PlantedBackbone, image_split, make_cache, timm_backbo
 
 import tlkit
 from tlkit.errors import BadInputError, FingerprintMismatchError
-from tlkit.runs.inference import Evaluation, Predictions
-from tlkit.heads.training import train_head
+from tlkit.heads import train_head
+from tlkit.runs import Evaluation, Predictions
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,21 @@ def test_fingerprint_guard_names_both(runs, tmp_path):
     )
     with pytest.raises(FingerprintMismatchError, match="96px.h5"):
         tlkit.evaluate(runs["mlp"], resized)
+
+
+def test_precision_is_recorded_at_fit_and_checked_at_predict(runs, tmp_path):
+    recorded = json.loads((runs["mlp"] / "config.json").read_text())["extract"]["precision"]
+    with tlkit.FeatureCache(runs["train"]) as fc:
+        assert recorded == fc.key["precision"]
+    other = "fp32" if recorded != "fp32" else "bf16"
+    cache = make_cache(runs["val_dir"], tmp_path / "other.h5", runs["backbone"], precision=other)
+    with pytest.raises(FingerprintMismatchError, match=f"computed in {other}, but the head .* on {recorded} features"):
+        tlkit.predict(runs["mlp"], cache)
+    # A head trained on features of the other precision embeds raw items in that precision, whatever auto means here.
+    train = make_cache(runs["root"] / "train", tmp_path / "train-other.h5", runs["backbone"], precision=other)
+    run = tlkit.train_head(train, tmp_path / "run", val=cache, head="linear", epochs=3).run_dir
+    from_files = tlkit.predict(run, runs["val_dir"], workers=0)
+    assert np.allclose(from_files.probabilities, tlkit.predict(run, cache).probabilities, atol=1e-4)
 
 
 def test_class_order_is_matched_by_name(runs, tmp_path):

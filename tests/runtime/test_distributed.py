@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _extract_helpers import CHILD_ENV, assert_same_cache, one_thread, run_cli, write_images
 from safetensors.torch import load_file
 
 import tlkit
-from _extract_helpers import CHILD_ENV, assert_same_cache, one_thread, run_cli, write_images
-from tlkit.cache.core import FeatureCache, merge_caches, verify_cache, work_dir_for
+from tlkit.cache import FeatureCache, merge_caches, verify_cache, work_dir_for
 from tlkit.errors import CacheError, FingerprintMismatchError
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -212,6 +212,31 @@ def test_killed_rank_resumes_its_part(images, single, tmp_path):
     assert not parts.exists()
 
 
+def test_torchrun_variables_make_extract_a_mode_not_a_fork(images, tmp_path, monkeypatch):
+    """Rank 0 of 2 as torchrun describes it: the same tlkit.extract (and CLI command) resolves a 2-rank runtime. A
+    --shard is refused before any process group is joined (rank 0 says so, rank 1 exits quietly); a union
+    (TlkitEmbedder's cache) runs in this process."""
+    from click.testing import CliRunner
+
+    from tlkit.cli import cli
+    from tlkit.errors import ConfigError
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="shard 0/2 is for independent jobs; .* leave shard out"):
+        tlkit.extract("fake/image", images, tmp_path / "s.h5", shard="0/2", **EXTRACT_API)
+    args = ["extract", "fake/image", str(images), "-o", str(tmp_path / "s.h5"), *EXTRACT, "--shard", "0/2"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "Error: --shard 0/2 is for independent jobs" in res.output
+    assert "leave --shard out" in res.output
+    res = CliRunner().invoke(cli, args, env={"RANK": "1", "LOCAL_RANK": "1"})
+    assert res.exit_code == 1 and res.output == ""
+    with one_thread():
+        union = tlkit.extract("fake/image", images, tmp_path / "u.h5", keep_existing=True, limit=8, **EXTRACT_API)
+    assert union.status == "created" and union.n_items == 8 and not (tmp_path / "u.h5.shards").exists()
+
+
 # -- fine-tuning ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ft_data(tmp_path_factory) -> Path:
@@ -270,18 +295,23 @@ def test_ddp_finetune_with_phases_matches_single_process_and_resumes(ft_data, tm
 
 
 def test_global_batch_must_divide_between_ranks(ft_data, tmp_path, monkeypatch):
-    from tlkit.finetuning.distributed import finetune_distributed
     from tlkit.errors import ConfigError
 
-    # rank 1 of 2 as torchrun would describe it; the check comes before the process group is joined
+    # rank 1 of 2 as torchrun would describe it: tlkit.finetune resolves a 2-process runtime and checks the batch
+    # before it joins the process group
     for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "1"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    with pytest.raises(ConfigError, match="--batch-size 7 is the global batch .* a multiple of 2"):
-        finetune_distributed("fake/image", ft_data, tmp_path / "odd", **{**FINETUNE_API, "batch_size": 7})
+    with pytest.raises(ConfigError, match="batch_size 7 is the global batch .* a multiple of 2"):
+        tlkit.finetune("fake/image", ft_data, tmp_path / "odd", **{**FINETUNE_API, "batch_size": 7})
+    assert not (tmp_path / "odd").exists()
     monkeypatch.setenv("TLKIT_DISTRIBUTED", "0")  # the escape hatch: back to one process per command
-    with pytest.raises(ConfigError, match="runs under torchrun"):
-        finetune_distributed("fake/image", ft_data, tmp_path / "odd", **FINETUNE_API)
+    with one_thread():
+        result = tlkit.finetune(
+            "fake/image", ft_data, tmp_path / "odd", **{**FINETUNE_API, "batch_size": 7, "schedule": "head:1"}
+        )
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert "distributed" not in config and config["runtime"]["world_size"] == 1 and result.epochs_run == 1
 
 
 # -- heads on a cache larger than memory -------------------------------------------------------------------------------

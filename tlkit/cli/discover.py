@@ -69,7 +69,7 @@ def backbones_info_cmd(name: str, weights: str, as_json: bool) -> None:
 
     bb = get_backbone(name, weights=weights)
     spec = bb.spec.to_dict()
-    blocks = [{"name": b.name, "params": b.n_params(bb.module)} for b in bb.blocks()]
+    blocks: list[dict[str, Any]] = [{"name": b.name, "params": b.n_params(bb.module)} for b in bb.blocks()]
     info = {**spec, "fingerprint": bb.fingerprint(), "blocks": blocks}
     if as_json:
         echo_json(info)
@@ -112,7 +112,7 @@ def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> 
 
         show_freeze_preview(bb, unfreeze, as_json)
         return
-    rows = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(bb.blocks())]
+    rows: list[list[Any]] = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(bb.blocks())]
     if as_json:
         echo_json([{"index": r[0], "name": r[1], "params": r[2], "tensors": r[3]} for r in rows])
         return

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from tlkit.runtime.policy import PRECISIONS, option_help
 from tlkit.runtime.progress import ProgressEvent
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+if TYPE_CHECKING:
+    from tlkit.extraction import ExtractResult
+
 SHOW_SKIPPED = 10
 
 
@@ -85,12 +88,11 @@ class _ProgressBar:
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path), help="The cache file (.h5).")
 @click.option("--weights", default="pretrained", show_default=True, help="pretrained, none, or a local file/folder.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
-              help="Autocast precision. auto: bf16 on GPUs that have it; on CPUs only with native bf16.")  # fmt: skip
-@click.option("--batch-size", default="auto", show_default=True,
-              help="auto (backs off on out-of-memory) or a number.")  # fmt: skip
-@click.option("--workers", default="auto", show_default=True, help="DataLoader worker processes (auto or N).")
+@click.option("--device", default="auto", show_default=True, help=option_help("device", "extract"))
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help=option_help("precision", "extract"))  # fmt: skip
+@click.option("--batch-size", default="auto", show_default=True, help=option_help("batch_size", "extract"))
+@click.option("--workers", default="auto", show_default=True, help=option_help("workers", "extract"))
 @click.option("--layers", default="last", show_default=True,
               help="last, all (every block, one forward pass), or a comma list of block names.")  # fmt: skip
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
@@ -145,16 +147,14 @@ def extract_cmd(
     Example:
       tlkit extract timm/resnet50 photos/ -o photos.h5
     """
+    from tlkit.extraction import extract
     from tlkit.runtime.distributed import dist_env, errors_on_main_only
-    from tlkit.extraction.engine import extract
 
     options = _parse_reader_options(reader_option)
     for key, value in (("text_column", text_column), ("label_column", label_column), ("path_column", path_column)):
         if value is not None:
             options[key] = value
-    env = dist_env()  # under torchrun: one shard per rank, merged by rank 0 (tlkit/dist_extract.py)
-    if env is not None:
-        from tlkit.extraction.distributed import extract_distributed as extract  # noqa: F811
+    env = dist_env()  # under torchrun, tlkit.extract shards over the ranks and rank 0 reports for the job
     show_bar = not quiet and not as_json and sys.stderr.isatty() and (env is None or env.is_main)
     with _ProgressBar(show_bar) as bar, errors_on_main_only():
         result = extract(
@@ -163,8 +163,12 @@ def extract_cmd(
             on_error=on_error, limit=limit, overwrite=overwrite, shard=shard, commit_rows=commit_rows,
             reader=reader_name, reader_options=options, progress=bar,
         )  # fmt: skip
-    if env is not None and not env.is_main:
-        return  # rank 0 reports for the whole job
+    if env is None or env.is_main:  # rank 0 reports for the whole job
+        _report(result, output, as_json)
+
+
+def _report(result: ExtractResult, output: pathlib.Path, as_json: bool) -> None:
+    """The result as JSON, or the skipped items (on stderr) and the one-line summary."""
     if as_json:
         from tlkit.cli.group import echo_json
 
@@ -209,7 +213,7 @@ def cache_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything, including skipped items).")
 def cache_info_cmd(cache: pathlib.Path, as_json: bool) -> None:
     """Show what a cache holds: backbone, fingerprint, items, dimensions, layers, views, classes, skipped items."""
-    from tlkit.cache.core import FeatureCache
+    from tlkit.cache import FeatureCache
 
     with FeatureCache(cache) as fc:
         info = fc.info()
@@ -254,7 +258,7 @@ def cache_info_cmd(cache: pathlib.Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cache_verify_cmd(cache: pathlib.Path, no_checksums: bool, as_json: bool) -> None:
     """Check a cache: complete, consistent shapes, unique ids, valid labels, checksums. Exit 1 if not OK."""
-    from tlkit.cache.core import verify_cache
+    from tlkit.cache import verify_cache
 
     rep = verify_cache(cache, checksums=not no_checksums)
     if as_json:
@@ -283,7 +287,7 @@ def cache_verify_cmd(cache: pathlib.Path, no_checksums: bool, as_json: bool) -> 
 @click.option("--view", type=click.IntRange(min=0), default=None, help="Export augmented view K.")
 def cache_export_cmd(cache: pathlib.Path, output: pathlib.Path, fmt: str, layer: str | None, view: int | None) -> None:
     """Export features, labels and ids to npz or csv."""
-    from tlkit.cache.core import export_cache
+    from tlkit.cache import export_cache
 
     out = export_cache(cache, output, fmt, layer=layer, view=view)
     click.echo(f"wrote {out}")
@@ -295,7 +299,7 @@ def cache_export_cmd(cache: pathlib.Path, output: pathlib.Path, fmt: str, layer:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def cache_merge_cmd(parts: tuple[pathlib.Path, ...], output: pathlib.Path, overwrite: bool) -> None:
     """Merge shard caches (tlkit extract --shard I/N) into one; checks they are complete, disjoint and alike."""
-    from tlkit.cache.core import FeatureCache, merge_caches
+    from tlkit.cache import FeatureCache, merge_caches
 
     out = merge_caches(list(parts), output, overwrite=overwrite)
     with FeatureCache(out) as fc:

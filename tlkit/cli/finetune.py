@@ -6,12 +6,44 @@ Only click and light tlkit modules are imported here; torch loads inside the com
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+from tlkit.runtime.policy import PRECISIONS, option_help
+
 PATH = click.Path(path_type=pathlib.Path)
 EXISTING = click.Path(exists=True, path_type=pathlib.Path)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def auto_or_count(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``--workers auto`` (or no flag) is ``None``, for the runtime policy to decide; else a whole number ≥ 0."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not auto or a whole number") from None
+
+
+def precision_option(stage: str) -> Callable[[_F], _F]:
+    """The ``--precision`` option of a command running ``stage``, its help from the runtime policy table."""
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="auto",
+        show_default=True,
+        help=option_help("precision", stage),
+    )
+
+
+def workers_option(stage: str) -> Callable[[_F], _F]:
+    """The ``--workers`` option of a command running ``stage``, its help from the runtime policy table."""
+    return click.option(
+        "--workers", default="auto", show_default=True, callback=auto_or_count, help=option_help("workers", stage)
+    )
 
 
 def _json(data: Any) -> None:
@@ -38,7 +70,7 @@ def render_freeze(rows: list[Any], title: str, err: bool = False) -> None:
 
 def show_freeze_preview(backbone: Any, unfreeze: str, as_json: bool = False) -> None:
     """``tlkit blocks NAME --unfreeze SPEC``: the freeze report with default rates and BatchNorm policy."""
-    from tlkit.finetuning.engine import freeze_preview
+    from tlkit.finetuning.freeze import freeze_preview
 
     rows = freeze_preview(backbone, unfreeze)
     if as_json:
@@ -142,9 +174,11 @@ class _Progress:
     "--lr-schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine", show_default=True
 )
 @click.option("--warmup", type=float, default=0.1, show_default=True, help="Warm-up fraction of each phase.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=32, show_default=True, help="Training batch (under torchrun: the global batch)."
+)
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@precision_option("finetune")
 @click.option("--augment", help="Training augmentation: default (the backbone's), none, or a plugin policy.")
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)
 @click.option("--init-head", type=EXISTING, help="Start from a head run of tlkit train (LP-FT).")
@@ -155,8 +189,8 @@ class _Progress:
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", type=int, help="DataLoader worker processes (default: cores - 1, at most 8).")
+@click.option("--device", default="auto", show_default=True, help=option_help("device", "finetune"))
+@workers_option("finetune")
 @click.option("--reader", help="Reader name (default: chosen by the backbone's modality).")
 @click.option("--reader-option", "reader_opts", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
@@ -187,13 +221,11 @@ def finetune_cmd(
     tlkit finetune timm/resnet18 data/train -o runs/ft --schedule "head:2,last:1:2,last:3:4"
     tlkit finetune timm/resnet18 data/train -o runs/ft --init-head runs/probe   # LP-FT
     """
-    from tlkit.runtime.distributed import dist_env, errors_on_main_only
-    from tlkit.finetuning.engine import finetune
+    from tlkit.finetuning import finetune
     from tlkit.heads.torch_heads import parse_params
+    from tlkit.runtime.distributed import dist_env, errors_on_main_only
 
-    env = dist_env()  # under torchrun: DistributedDataParallel, --batch-size is the global batch
-    if env is not None:
-        from tlkit.finetuning.distributed import finetune_distributed as finetune  # noqa: F811
+    env = dist_env()  # under torchrun every rank runs this command; tlkit.finetune trains with DDP
     progress = _Progress(quiet or as_json or (env is not None and not env.is_main))
     with errors_on_main_only():
         result = finetune(
@@ -214,8 +246,12 @@ def finetune_cmd(
             **options,
         )
     progress._close()
-    if env is not None and not env.is_main:
-        return  # rank 0 reports for the whole job
+    if env is None or env.is_main:  # rank 0 reports for the whole job
+        _report(result, as_json)
+
+
+def _report(result: Any, as_json: bool) -> None:
+    """The run's result: JSON, or the summary, the skipped items and where the run is."""
     if as_json:
         _json(
             {
@@ -254,9 +290,9 @@ def finetune_cmd(
 @click.option("--layer-decay", type=float)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int)
+@precision_option("finetune")
+@click.option("--device", default="auto", show_default=True, help=option_help("device", "finetune"))
+@workers_option("finetune")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the curve and suggestion as JSON.")
 def lr_find_cmd(
@@ -269,7 +305,7 @@ def lr_find_cmd(
     **options: Any,
 ) -> None:
     """Learning-rate range test: plot loss against the head rate (backbone scaled) and suggest a rate."""
-    from tlkit.finetuning.lrfind import lr_find
+    from tlkit.finetuning import lr_find
 
     result = lr_find(backbone, train, output=output, weights=weights, input_size=input_size, **options)
     if as_json:
@@ -301,7 +337,7 @@ def lr_find_cmd(
 @click.option("--modality", type=click.Choice(["image", "text", "audio"]), help="Data modality without --backbone.")
 @click.option("--reader", help="Reader name.")
 @click.option("--reader-option", "reader_opts", multiple=True, metavar="KEY=VALUE")
-@click.option("--workers", type=int)
+@workers_option("extract")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON.")
 def advise_cmd(
     train: pathlib.Path,
@@ -315,7 +351,7 @@ def advise_cmd(
     as_json: bool,
 ) -> None:
     """Recommend feature extraction or fine-tuning for TRAIN, with the commands to run and why."""
-    from tlkit.runs.advise import advise
+    from tlkit.runs.advice import advise
 
     advice = advise(
         train,

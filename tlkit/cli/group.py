@@ -51,14 +51,16 @@ class TlkitGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def _message(self, ctx: click.Context, exc: TlkitError) -> str:
-        """The library names parameters; the user typed flags. Name the flag of the command that failed."""
-        if exc.param is None:
+        """The library names parameters; the user typed flags. Name the flags of the command that failed."""
+        if not exc.params:
             return str(exc)
         command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-        for param in getattr(command, "params", []):
-            if param.name == exc.param and isinstance(param, click.Option):
-                return exc.for_flag(max(param.opts, key=len))
-        return exc.for_flag("--" + exc.param.replace("_", "-"))
+        flags = {
+            p.name: max(p.opts, key=len)
+            for p in getattr(command, "params", [])
+            if isinstance(p, click.Option) and p.name in exc.params
+        }
+        return exc.for_flags(flags)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -78,7 +80,7 @@ def cli() -> None:
     Feature extraction (frozen backbone, cached features, a small head) or fine-tuning (unfreeze chosen blocks at a
     lower learning rate), for image, text and audio backbones from plugins.
     """
-    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    warnings.formatwarning = _format_warning
 
 
 def echo_json(data: Any) -> None:

@@ -5,13 +5,18 @@ Only click and light tlkit modules are imported here; torch loads inside the com
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+from tlkit.runtime.policy import PRECISIONS, option_help
+
 PATH = click.Path(path_type=pathlib.Path)
 EXISTING = click.Path(exists=True, path_type=pathlib.Path)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -35,27 +40,49 @@ def _draw_bars() -> bool:
     return bool(_console().is_terminal)
 
 
+class ProgressBar:
+    """One transient progress bar on stderr, started when made: a title, the bar, done/total, a free-text ``info``
+    field and a clock (time elapsed, or time remaining with ``remaining=True``). :meth:`close` removes it."""
+
+    def __init__(self, title: str, total: int, *, info: str = "", remaining: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        clock = TimeRemainingColumn() if remaining else TimeElapsedColumn()
+        columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), clock)
+        self.bar = Progress(*columns, console=_console(), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(title, total=total, info=info)
+
+    def update(self, completed: int, info: str, total: int | None = None) -> None:
+        self.bar.update(self.task, completed=completed, total=total, info=info)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
 class TrainProgress:
-    """Draws :class:`tlkit.heads.training.TrainEvent` objects: a bar over epochs (or layers) with the latest scores."""
+    """Draws :class:`tlkit.heads.TrainEvent` objects: a bar over epochs (or layers) with the latest scores."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet or not _draw_bars()
-        self.bar: Any = None
-        self.task: Any = None
+        self.bar: ProgressBar | None = None
         self.label = ""
 
     def __call__(self, ev: Any) -> None:
         if self.quiet:
             return
         if ev.kind == "layer":
-            self._ensure("probing layers", ev.steps)
-            self.bar.update(self.task, completed=ev.step - 1, info=ev.message)
+            self._bar("probing layers", ev.steps).update(ev.step - 1, ev.message)
         elif ev.kind == "epoch":
             if ev.epochs <= 1:  # a one-shot fit (k-NN, scikit-learn): no bar to draw
                 return
-            if self.label != "epochs":
-                self.close()
-            self._ensure("epochs", ev.epochs)
             m = ev.metrics
             info = ""
             if "val_accuracy" in m:
@@ -64,37 +91,23 @@ class TrainProgress:
                 info = f"loss {m['train_loss']:.4f}  " + info
             if "probes" in m:
                 info = f"{m['probes']} probes, best " + info
-            self.bar.update(self.task, completed=ev.epoch, info=info)
+            self._bar("epochs", ev.epochs).update(ev.epoch, info)
         elif ev.kind == "fit":
             self.close()
             click.echo(ev.message or "fitting", err=True)
         elif ev.kind == "done":
             self.close()
 
-    def _ensure(self, label: str, total: int) -> None:
-        if self.bar is not None and self.label == label:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.close()
-        self.label = label
-        self.bar = Progress(
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=_console(),
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=total, info="")
+    def _bar(self, label: str, total: int) -> ProgressBar:
+        if self.bar is None or self.label != label:
+            self.close()
+            self.label, self.bar = label, ProgressBar(label, total)
+        return self.bar
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-            self.label = ""
+            self.bar.close()
+            self.bar, self.label = None, ""
 
 
 class ExtractProgress:
@@ -103,37 +116,25 @@ class ExtractProgress:
     def __init__(self, quiet: bool, title: str = "extract") -> None:
         self.quiet = quiet or not _draw_bars()
         self.title = title
-        self.bar: Any = None
-        self.task: Any = None
+        self.bar: ProgressBar | None = None
 
     def __call__(self, ev: Any) -> None:
-        if self.quiet or getattr(ev, "stage", None) != "extract":
-            if getattr(ev, "stage", None) == "done":
-                self.close()
+        stage = getattr(ev, "stage", None)
+        if stage == "done":
+            self.close()
+        if self.quiet or stage != "extract":
             return
         if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn(self.title),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]} items/s"),
-                TimeRemainingColumn(),
-                console=_console(),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.title, total=max(ev.total, 1), rate="-")
-        self.bar.update(self.task, completed=ev.done, total=max(ev.total, 1), rate=f"{ev.rate:.1f}")
+            self.bar = ProgressBar(self.title, max(ev.total, 1), info="- items/s", remaining=True)
+        self.bar.update(ev.done, f"{ev.rate:.1f} items/s", total=max(ev.total, 1))
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()
             self.bar = None
 
 
-def print_sweep(scores: list[Any], best_lr: float, best_wd: float) -> None:
+def print_sweep(scores: list[Any], best_lr: float | None, best_wd: float | None) -> None:
     """The sweep grid as a table: learning rates down, weight decays across, best validation accuracy in cells."""
     from tlkit.cli.group import print_table
 
@@ -156,6 +157,28 @@ def print_run_files(run_dir: pathlib.Path) -> None:
     click.echo(f"run: {run_dir}  ({', '.join(names)})")
 
 
+def raw_item_options(stage: str) -> Callable[[_F], _F]:
+    """``--batch-size``, ``--device``, ``--precision`` and ``--workers`` of a command that runs a backbone over raw
+    items, their help from the runtime policy table. Values pass through raw (``auto`` when absent); the library
+    resolves them."""
+
+    def add(command: _F) -> _F:
+        command = click.option("--workers", default=None, help=option_help("workers", stage))(command)
+        command = click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="auto",
+            show_default=True,
+            help=option_help("precision", stage) + " A head run always uses its training features' precision.",
+        )(command)
+        command = click.option("--device", default="auto", show_default=True, help=option_help("device", stage))(
+            command
+        )
+        return click.option("--batch-size", default=None, help=option_help("batch_size", stage))(command)
+
+    return add
+
+
 @click.command("train")
 @click.argument("cache", type=EXISTING)
 @click.option("-o", "--output", type=PATH, required=True, help="Run directory to write.")
@@ -166,7 +189,7 @@ def print_run_files(run_dir: pathlib.Path) -> None:
 @click.option(
     "--head", default=None, help="Head type: linear, mlp (default), knn, sklearn, sklearn:ALIAS, or a plugin's."
 )
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Head parameter (repeatable).")
+@click.option("--param", "head_params", multiple=True, metavar="KEY=VALUE", help="Head parameter (repeatable).")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs (torch heads).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="AdamW weight decay.")
@@ -177,42 +200,26 @@ def print_run_files(run_dir: pathlib.Path) -> None:
 @click.option("--early-stopping", type=int, metavar="N", help="Stop after N epochs without a better validation score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same result.")
 @click.option("--sweep", is_flag=True, help="Train a grid of linear probes (lr x weight decay) at once; keep the best.")
-@click.option("--sweep-lr", metavar="LR,...", help="Learning rates of the sweep grid.")
-@click.option("--sweep-wd", metavar="WD,...", help="Weight decays of the sweep grid.")
+@click.option("--sweep-lr", "sweep_lrs", metavar="LR,...", help="Learning rates of the sweep grid.")
+@click.option("--sweep-wd", "sweep_wds", metavar="WD,...", help="Weight decays of the sweep grid.")
 @click.option(
     "--standardize/--no-standardize",
     default=True,
     show_default=True,
     help="Train linear/MLP heads on standardised features (folded into the saved head).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help=option_help("device", "train"))
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train_cmd(
     cache: pathlib.Path,
-    output: pathlib.Path,
-    val: pathlib.Path | None,
-    val_split: float | None,
-    head: str | None,
-    params: tuple[str, ...],
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    batch_size: int | None,
-    layer: str | None,
-    views: bool,
-    class_weight: str | None,
-    early_stopping: int | None,
-    seed: int,
-    sweep: bool,
-    sweep_lr: str | None,
-    sweep_wd: str | None,
-    standardize: bool,
-    device: str,
-    overwrite: bool,
+    head_params: tuple[str, ...],
+    sweep_lrs: str | None,
+    sweep_wds: str | None,
     quiet: bool,
     as_json: bool,
+    **options: Any,
 ) -> None:
     """Train a head on cached features (from tlkit extract) and write a run directory.
 
@@ -226,38 +233,13 @@ def train_cmd(
       tlkit train feats.h5 -o run --head sklearn:logreg --param C=0.5
       tlkit train feats.h5 -o run --layer auto --val val.h5
     """
-    from tlkit.heads.torch_heads import parse_params
-    from tlkit.heads.training import train_head
+    from tlkit.heads import parse_params, train_head
 
-    head_params = parse_params(params)
-    progress = TrainProgress(quiet or as_json)
-    try:
+    with contextlib.closing(TrainProgress(quiet or as_json)) as progress:
         result = train_head(
-            cache,
-            output,
-            val=val,
-            val_split=val_split,
-            head=head,
-            head_params=head_params,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            layer=layer,
-            views=views,
-            class_weight=class_weight,
-            early_stopping=early_stopping,
-            seed=seed,
-            sweep=sweep,
-            sweep_lrs=_floats(sweep_lr, "--sweep-lr"),
-            sweep_wds=_floats(sweep_wd, "--sweep-wd"),
-            standardize=standardize,
-            device=device,
-            overwrite=overwrite,
-            progress=progress,
-        )
-    finally:
-        progress.close()
+            cache, head_params=parse_params(head_params), sweep_lrs=_floats(sweep_lrs, "--sweep-lr"),
+            sweep_wds=_floats(sweep_wds, "--sweep-wd"), progress=progress, **options,
+        )  # fmt: skip
     if as_json:
         from tlkit.cli.group import echo_json
 
@@ -294,19 +276,10 @@ def train_cmd(
 @click.argument("input", type=EXISTING)
 @click.option("-o", "--output", type=PATH, required=True, help="CSV file to write (id, predicted, top-k).")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Classes with probabilities per item.")
-@click.option("--batch-size", default=None, help="Batch size for extraction / forward passes on raw items.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=int, default=None, help="Data-loading worker processes for raw items.")
+@raw_item_options("predict")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict_cmd(
-    run_dir: pathlib.Path,
-    input: pathlib.Path,
-    output: pathlib.Path,
-    top_k: int,
-    batch_size: str | None,
-    device: str,
-    workers: int | None,
-    quiet: bool,
+    run_dir: pathlib.Path, input: pathlib.Path, output: pathlib.Path, top_k: int, quiet: bool, **runtime: Any
 ) -> None:
     """Predict classes for raw items or a feature cache with a trained run (tlkit train or tlkit finetune).
 
@@ -317,20 +290,8 @@ def predict_cmd(
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
-    progress = ExtractProgress(quiet)
-    try:
-        preds = predict(
-            run_dir,
-            input,
-            output=output,
-            top_k=top_k,
-            batch_size=_batch(batch_size),
-            device=device,
-            workers=workers,
-            progress=progress,
-        )
-    finally:
-        progress.close()
+    with contextlib.closing(ExtractProgress(quiet)) as progress:
+        preds = predict(run_dir, input, output=output, top_k=top_k, progress=progress, **runtime)
     counts: dict[str, int] = {}
     for name in preds.predicted_names:
         counts[name] = counts.get(name, 0) + 1
@@ -339,33 +300,20 @@ def predict_cmd(
     click.echo(f"{len(preds)} predictions{skipped} -> {output}  [{spread}]")
 
 
-def _batch(value: str | None) -> int | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a number or auto, not {value!r}", param_hint="--batch-size") from None
-
-
 @click.command("evaluate")
 @click.argument("run_dir", type=EXISTING)
 @click.argument("input", type=EXISTING)
 @click.option("-o", "--output-dir", type=PATH, help="Where to write report.json, predictions.csv, confusion.png.")
-@click.option("--batch-size", default=None, help="Batch size for extraction / forward passes on raw items.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=int, default=None, help="Data-loading worker processes for raw items.")
+@raw_item_options("predict")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate_cmd(
     run_dir: pathlib.Path,
     input: pathlib.Path,
     output_dir: pathlib.Path | None,
-    batch_size: str | None,
-    device: str,
-    workers: int | None,
     as_json: bool,
     quiet: bool,
+    **runtime: Any,
 ) -> None:
     """Metrics and plots of a trained run on a labelled set (raw items, or a cache for head runs).
 
@@ -374,14 +322,8 @@ def evaluate_cmd(
     from tlkit.runs.inference import evaluate
 
     out = output_dir or run_dir / f"eval-{input.stem or input.name}"
-    progress = ExtractProgress(quiet or as_json)
-    try:
-        result = evaluate(
-            run_dir, input, output_dir=out, batch_size=_batch(batch_size), device=device, workers=workers,
-            progress=progress,
-        )  # fmt: skip
-    finally:
-        progress.close()
+    with contextlib.closing(ExtractProgress(quiet or as_json)) as progress:
+        result = evaluate(run_dir, input, output_dir=out, progress=progress, **runtime)
     if as_json:
         from tlkit.cli.group import echo_json
 
@@ -400,7 +342,7 @@ def evaluate_cmd(
 @click.command("demo")
 @click.option("-o", "--output", type=PATH, default=pathlib.Path("tlkit-demo"), show_default=True, help="Folder.")
 @click.option("--backbone", default=None, help="Backbone to use (default: effnet/lite0, the example plugin).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help=option_help("device", "extract"))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def demo_cmd(output: pathlib.Path, backbone: str | None, device: str, quiet: bool) -> None:
     """Run the whole feature-extraction job on a small Fashion-MNIST sample that ships with tlkit, offline.
@@ -410,13 +352,14 @@ def demo_cmd(output: pathlib.Path, backbone: str | None, device: str, quiet: boo
     """
     from tlkit.demo import DEMO_BACKBONE, run_demo
 
-    state: dict[str, Any] = {}
+    train_progress = TrainProgress(quiet)
+    bars: list[TrainProgress | ExtractProgress] = [train_progress]
 
     def extract_progress(title: str) -> ExtractProgress:
-        state["bar"] = ExtractProgress(quiet, title)
-        return state["bar"]
+        bar = ExtractProgress(quiet, title)
+        bars.append(bar)
+        return bar
 
-    train_progress = TrainProgress(quiet)
     try:
         result = run_demo(
             output,
@@ -427,9 +370,8 @@ def demo_cmd(output: pathlib.Path, backbone: str | None, device: str, quiet: boo
             log=None if quiet else (lambda msg: click.echo(msg, err=True)),
         )
     finally:
-        train_progress.close()
-        if "bar" in state:
-            state["bar"].close()
+        for bar in bars:
+            bar.close()
     click.echo(result.summary())
 
 

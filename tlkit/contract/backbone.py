@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from tlkit.canonical import canonical_json, json_default
 from tlkit.errors import BadInputError, TlkitError
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class BackboneSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=_json_default))
+        data: dict[str, Any] = json.loads(json.dumps(asdict(self), default=json_default))
+        return data
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Block:
 class Backbone(ABC):
     """Base class for backbones.
 
-    Subclasses set :attr:`modality` and implement :meth:`_build`, :attr:`spec`, :meth:`preprocess_item`,
+    Subclasses set :attr:`modality` and implement :meth:`build_module`, :attr:`spec`, :meth:`preprocess_item`,
     :meth:`embed` and :meth:`blocks`. Options every backbone accepts:
 
     - ``weights``: ``"pretrained"`` (the hub), ``"none"`` (random init), or a local file or directory;
@@ -87,7 +89,9 @@ class Backbone(ABC):
     - ``augment``: the training augmentation policy for :meth:`preprocess_item` with ``train=True``.
     """
 
-    modality: str = "image"
+    #: ``"image"``, ``"text"`` or ``"audio"``: the one place a backbone declares its modality. Registration reads it
+    #: from the class, and the spec repeats it (``BackboneSpec(modality=self.modality, ...)``).
+    modality: ClassVar[str]
 
     def __init__(
         self,
@@ -137,15 +141,20 @@ class Backbone(ABC):
         path = Path(self.weights).expanduser()
         if not path.exists():
             raise BadInputError(
-                f"weights {self.weights!r} for {self.name}: no such file or directory; "
-                f"use --weights pretrained, none, or an existing path"
+                f"{{param}} {self.weights!r} for {self.name}: no such file or directory; "
+                f"use pretrained, none, or an existing path",
+                param="weights",
             )
         return path
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @abstractmethod
-    def _build(self) -> nn.Module:
-        """Import the model library, build the network and load the weights. Called once by :meth:`load`."""
+    def build_module(self) -> nn.Module:
+        """Import the model library, build the network and load the weights (:meth:`weights_kind` says which).
+
+        Called once, by :meth:`load`, which seeds the random number generator for ``weights="none"`` and puts the
+        module in eval mode. Load local files with :func:`tlkit.plugin.load_state_dict_file`.
+        """
 
     def load(self) -> Backbone:
         """Build and load the model (idempotent), in eval mode, on the CPU. Returns ``self``."""
@@ -157,9 +166,9 @@ class Backbone(ABC):
 
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
-                    module = self._build()
+                    module = self.build_module()
             else:
-                module = self._build()
+                module = self.build_module()
             module.eval()
             self._module = module
         return self
@@ -182,7 +191,7 @@ class Backbone(ABC):
     # -- preprocessing ------------------------------------------------------------------------------------------
     @abstractmethod
     def preprocess_item(self, item: Any, *, train: bool = False) -> Any:
-        """Turn one raw item (a PIL image, a string, an :class:`tlkit.data.AudioClip`) into model input.
+        """Turn one raw item (a PIL image, a string, an :class:`tlkit.plugin.AudioClip`) into model input.
 
         Runs in DataLoader worker processes, so it must be picklable and must not touch the network.
         ``train=True`` applies the training augmentation.
@@ -247,21 +256,11 @@ class Backbone(ABC):
 
     def fingerprint(self) -> str:
         """A stable hash of :meth:`fingerprint_data`: the cache key."""
-        blob = json.dumps(self.fingerprint_data(), sort_keys=True, default=_json_default)
+        blob = canonical_json(self.fingerprint_data())
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, weights={self.weights!r})"
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    return repr(obj)
 
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}

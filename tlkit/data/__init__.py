@@ -1,4 +1,7 @@
-"""Data readers: turn a path into records, labels, class names and stable ids."""
+"""Data readers: turn a path into records, labels, class names and stable ids.
+
+Choosing a reader for a path (``open_dataset``) lives with the registry, in :mod:`tlkit.host.readers`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,5 @@ from tlkit.data.base import (
     Skipped,
     load_or_skip,
 )
-from tlkit.data.open import open_dataset
 
-__all__ = ["UNLABELLED", "Dataset", "Reader", "Record", "Skipped", "load_or_skip", "open_dataset"]
+__all__ = ["UNLABELLED", "Dataset", "Reader", "Record", "Skipped", "load_or_skip"]

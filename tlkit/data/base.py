@@ -1,7 +1,7 @@
 """The reader contract: a path becomes records (stable id, source, label), class names and a skip list.
 
 Readers scan cheaply (no decoding) and decode one item at a time in :meth:`Reader.load`, which raises
-:class:`tlkit.errors.BadItemError` for a bad file or row. The extraction engine applies ``--on-error``:
+:class:`tlkit.errors.BadItemError` for a bad file or row. The extraction engine applies ``on_error``:
 ``skip`` records the reason and carries on, ``fail`` stops with the item's name.
 """
 
@@ -169,7 +169,8 @@ class Reader(ABC):
         columns = list(rows[0].keys())
         if path_col not in columns:
             raise BadInputError(
-                f"{manifest}: no column {path_col!r}; columns are {', '.join(columns)} (set --path-column)"
+                f"{manifest}: no column {path_col!r}; columns are {', '.join(columns)} (set {{param}})",
+                param="path_column",
             )
         has_labels = label_col in columns
         labels = sorted({r[label_col] for r in rows if r.get(label_col)}) if has_labels else []
@@ -207,7 +208,7 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 
 def check_on_error(value: str) -> str:
     if value not in ON_ERROR_CHOICES:
-        raise BadInputError(f"--on-error must be one of {', '.join(ON_ERROR_CHOICES)}, not {value!r}")
+        raise BadInputError(f"{{param}} must be one of {', '.join(ON_ERROR_CHOICES)}, not {value!r}", param="on_error")
     return value
 
 

@@ -42,8 +42,7 @@ def decode_image(path: str | os.PathLike[str], item_id: str | None = None) -> An
             with Image.open(path) as im:
                 im.seek(0)
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+                return to_rgb(ImageOps.exif_transpose(im))
     except BadItemError:
         raise
     except FileNotFoundError as exc:

@@ -70,13 +70,16 @@ class TextReader(Reader):
             detail = f" ({len(skipped)} unreadable rows, first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
             raise BadInputError(f"{path}: no rows{detail}; expected a header or JSON objects with a {text_col!r} field")
         if text_col not in columns:
-            raise BadInputError(f"{path}: no column {text_col!r}; columns are {', '.join(columns)} (set --text-column)")
+            raise BadInputError(
+                f"{path}: no column {text_col!r}; columns are {', '.join(columns)} (set {{param}})", param="text_column"
+            )
         if not rows:
             raise BadInputError(f"{path}: no data rows under the header; add rows")
         has_labels = label_col in columns
         if label_given and not has_labels:
             raise BadInputError(
-                f"{path}: no column {label_col!r}; columns are {', '.join(columns)} (set --label-column)"
+                f"{path}: no column {label_col!r}; columns are {', '.join(columns)} (set {{param}})",
+                param="label_column",
             )
         records: list[Record] = []
         raw_labels: list[str | None] = []

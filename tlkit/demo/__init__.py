@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import BadInputError, UnknownNameError
 
 if TYPE_CHECKING:
-    from tlkit.runs.inference import Evaluation
-    from tlkit.heads.training import TrainResult
+    from tlkit.heads import TrainResult
+    from tlkit.runs import Evaluation
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_BACKBONE = "effnet/lite0"
@@ -78,13 +78,13 @@ def run_demo(
     :param backbone: the backbone (default ``effnet/lite0`` from the example plugin ``tlkit-effnet-lite``).
     :param data: a folder with ``train/`` and ``val/`` class folders (default: the packaged sample).
     :param extract_progress: ``extract_progress(title)`` returns a progress callback for one extraction.
-    :param train_progress: a callback for :class:`tlkit.heads.training.TrainEvent` objects.
+    :param train_progress: a callback for :class:`tlkit.heads.TrainEvent` objects.
     :param log: receives one line per step.
     """
+    from tlkit.extraction import extract
+    from tlkit.heads import train_head
     from tlkit.host.api import get_backbone
-    from tlkit.extraction.engine import extract
     from tlkit.runs.inference import evaluate
-    from tlkit.heads.training import train_head
 
     started = time.perf_counter()
     say = log or (lambda msg: None)
@@ -99,7 +99,8 @@ def run_demo(
             raise
         raise BadInputError(
             f"the demo uses {DEMO_BACKBONE} from the example plugin, which is not installed: "
-            f"pip install -e plugins/examples/tlkit-effnet-lite (from a tlkit checkout), or pass --backbone"
+            f"pip install -e plugins/examples/tlkit-effnet-lite (from a tlkit checkout), or pass another {{param}}",
+            param="backbone",
         ) from exc
     out.mkdir(parents=True, exist_ok=True)
     caches = {}
@@ -107,7 +108,7 @@ def run_demo(
         caches[split] = out / f"{split}.h5"
         say(f"extracting {split} features with {backbone} at {INPUT_SIZE} px -> {caches[split]}")
         callback = extract_progress(f"extract {split}") if extract_progress else None
-        extract(bb, data / split, caches[split], progress=callback)
+        extract(bb, data / split, caches[split], device=device, progress=callback)
         if callback is not None and hasattr(callback, "close"):
             callback.close()
     say("training a grid of linear probes on the cached features (--sweep)")

@@ -1,1 +1,52 @@
-"""The fine-tuning engine: blocks to unfreeze, schedules, optimiser groups, BatchNorm policy, augmentation, state."""
+"""Fine-tuning: unfreeze chosen blocks of a backbone and train them with its head on raw items.
+
+The public surface is :func:`finetune` (one process, or DDP under torchrun), its :class:`FinetuneOptions`,
+:class:`FinetuneEvent` and :class:`FinetuneResult`, the learning-rate range test :func:`lr_find` and
+:func:`freeze_preview`. The modules, by concern: ``options`` (what a run is given), ``prepare`` (backbone, data,
+model, plan), ``engine`` (the training loop), ``evaluation`` (validation, best epoch, early stopping), ``distributed``
+(DDP only), ``freeze``/``schedule``/``optim``/``bn`` (blocks, phases, rates, BatchNorm), ``data`` (loaders),
+``state``/``run_files`` (checkpoints and the run directory).
+
+Importing this package imports nothing heavy: the names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tlkit.finetuning.api import finetune
+    from tlkit.finetuning.freeze import FreezeRow, freeze_preview
+    from tlkit.finetuning.lrfind import LRFindResult, lr_find
+    from tlkit.finetuning.options import FinetuneOptions
+    from tlkit.finetuning.result import FinetuneEvent, FinetuneResult
+
+_LAZY = {
+    "finetune": "tlkit.finetuning.api",
+    "FinetuneOptions": "tlkit.finetuning.options",
+    "FinetuneEvent": "tlkit.finetuning.result",
+    "FinetuneResult": "tlkit.finetuning.result",
+    "FreezeRow": "tlkit.finetuning.freeze",
+    "freeze_preview": "tlkit.finetuning.freeze",
+    "lr_find": "tlkit.finetuning.lrfind",
+    "LRFindResult": "tlkit.finetuning.lrfind",
+}
+
+__all__ = [
+    "FinetuneEvent",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "FreezeRow",
+    "LRFindResult",
+    "finetune",
+    "freeze_preview",
+    "lr_find",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

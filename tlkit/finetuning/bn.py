@@ -31,7 +31,7 @@ FROZEN_BLOCK_MODE = "eval (frozen)"
 
 def check_bn_policy(policy: str) -> str:
     if policy not in BN_POLICIES:
-        raise ConfigError(f"--bn-policy must be one of {', '.join(BN_POLICIES)}, not {policy!r}")
+        raise ConfigError(f"{{param}} must be one of {', '.join(BN_POLICIES)}, not {policy!r}", param="bn_policy")
     return policy
 
 

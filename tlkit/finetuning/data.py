@@ -1,20 +1,20 @@
 """Data for fine-tuning: raw items → preprocessed batches, with augmentation for training and bad items skipped.
 
 Training batches use ``backbone.preprocess_item(item, train=True)`` (the backbone's augmentation; audio clips are
-first cropped, scaled and mixed with noise by :mod:`tlkit.finetuning.audio_augment`); evaluation always uses ``train=False``.
+first cropped, scaled and mixed with noise by :mod:`tlkit.finetuning.audio_augment`); evaluation always uses
+``train=False``.
 Decoding and preprocessing run in DataLoader workers; a bad item is dropped from its batch and reported back, so a
 run ends with a skip summary instead of a crash.
 
 Shuffling goes through a sampler with ``set_epoch(epoch)``: a seeded permutation per epoch, so a resumed run draws
-the same batches as an uninterrupted one. ``torch.utils.data.DistributedSampler`` has the same interface and can
-replace it under DDP.
+the same batches as an uninterrupted one. ``torch.utils.data.DistributedSampler`` has the same interface and
+replaces it under DDP. Loaders take their workers and memory pinning from the resolved runtime.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from tlkit.finetuning.audio_augment import augment_clip
 from tlkit.data.base import UNLABELLED, Dataset, load_or_skip
-from tlkit.data.open import get_reader
 from tlkit.errors import BadInputError
+from tlkit.finetuning.audio_augment import augment_clip
+from tlkit.host.readers import get_reader
 
 if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone
+    from tlkit.runtime import Runtime
 
 
 def worker_copy(backbone: Backbone) -> Backbone:
@@ -38,7 +39,11 @@ def worker_copy(backbone: Backbone) -> Backbone:
     return light
 
 
-class ItemDataset(TorchDataset):
+#: One item as a worker returns it: ``(index, model input or None, label, skip reason or None)``.
+Sample = tuple[int, Any, int, str | None]
+
+
+class ItemDataset(TorchDataset[Sample]):
     """Index → ``(index, model input or None, label, skip reason or None)``."""
 
     def __init__(self, dataset: Dataset, backbone: Backbone, train: bool) -> None:
@@ -53,7 +58,7 @@ class ItemDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, int, str | None]:
+    def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         item, reason = load_or_skip(self.reader, record)
         if reason is None:
@@ -86,7 +91,7 @@ class Collate:
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = worker_copy(backbone)
 
-    def __call__(self, samples: Sequence[tuple[int, Any, int, str | None]]) -> LoaderBatch:
+    def __call__(self, samples: Sequence[Sample]) -> LoaderBatch:
         good = [s for s in samples if s[3] is None]
         skipped = [(s[0], str(s[3])) for s in samples if s[3] is not None]
         inputs = self.backbone.collate([s[1] for s in good]) if good else None
@@ -117,55 +122,37 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-def default_workers() -> int:
-    """Leave one core to the training process; at most 8 workers."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
 def make_loader(
     items: ItemDataset,
     batch_size: int,
-    sampler: Sampler[int],
-    workers: int,
-    device: torch.device,
+    sampler: Sampler[int] | Iterable[int],
+    runtime: Runtime,
     seed: int = 0,
     drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader over ``items``; worker seeds derive from ``seed`` and the sampler's epoch (deterministic)."""
+) -> DataLoader[Sample]:
+    """A DataLoader over ``items`` with the runtime's workers and memory pinning; worker seeds derive from ``seed``
+    and the sampler's epoch (deterministic)."""
     return DataLoader(
         items,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
+        num_workers=runtime.workers,
         collate_fn=Collate(items.backbone),
-        pin_memory=device.type == "cuda",
+        pin_memory=runtime.pin_memory,
         drop_last=drop_last,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
 
 
-def to_device(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move a tensor, or a mapping/sequence of tensors, to ``device`` (4-d image batches optionally NHWC)."""
-    if isinstance(inputs, torch.Tensor):
-        if channels_last and inputs.ndim == 4:
-            return inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, dict):
-        return {k: to_device(v, device, channels_last) for k, v in inputs.items()}
-    if isinstance(inputs, list | tuple):
-        return type(inputs)(to_device(v, device, channels_last) for v in inputs)
-    return inputs
-
-
 def stratified_split(
     labels: Sequence[int], fraction: float, seed: int, class_names: Sequence[str]
-) -> tuple[list, list]:
+) -> tuple[list[int], list[int]]:
     """Split indices into (train, val) with about ``fraction`` of each class in val (at least one per class)."""
     import numpy as np
 
     if not 0 < fraction < 1:
-        raise BadInputError(f"--val-split must be between 0 and 1 (exclusive), not {fraction}")
+        raise BadInputError(f"{{param}} must be between 0 and 1 (exclusive), not {fraction}", param="val_split")
     labels_arr = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train: list[int] = []
@@ -175,8 +162,9 @@ def stratified_split(
         name = class_names[c] if 0 <= c < len(class_names) else str(c)
         if len(idx) < 2:
             raise BadInputError(
-                f"class {name!r} has {len(idx)} item; --val-split {fraction} needs at least 2 per class "
-                f"(add items, or give a separate --val set)"
+                f"class {name!r} has {len(idx)} item; {{param}} {fraction} needs at least 2 per class "
+                f"(add items, or give a separate validation set)",
+                param="val_split",
             )
         rng.shuffle(idx)
         k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))

@@ -1,12 +1,14 @@
-"""Fine-tuning with DistributedDataParallel under ``torchrun``.
+"""Fine-tuning with DistributedDataParallel: the distributed mode of :func:`tlkit.finetune`.
 
-``torchrun --nproc-per-node N -m tlkit finetune …`` runs :func:`finetune_distributed` on every rank. It is the
-single-process engine (:class:`tlkit.finetuning.engine.FinetuneEngine`) with these changes:
+``torchrun --nproc-per-node N -m tlkit finetune …`` re-enters the same command on every rank; :func:`tlkit.finetune`
+resolves a runtime with ``world_size = N`` (``cuda:LOCAL_RANK`` on a GPU node, the node's cores shared between its
+ranks' workers) and runs :class:`DistributedFinetuner`: the single-process engine
+(:class:`tlkit.finetuning.engine.Finetuner`) with only what is distributed changed:
 
-- **Batch size.** ``--batch-size`` stays the *global* batch: each rank loads ``batch_size / world_size`` items per
+- **Batch size.** ``batch_size`` stays the *global* batch: each rank loads ``batch_size / world_size`` items per
   step (it must divide evenly), DDP averages the gradients, so one optimizer step sees the same number of items
-  and the same learning rate applies as in a single-process run. ``--accumulate`` multiplies both alike.
-- **Data.** ``torch.utils.data.DistributedSampler`` (seeded by ``--seed``, ``set_epoch`` every epoch) gives each rank
+  and the same learning rate applies as in a single-process run. ``accumulate`` multiplies both alike.
+- **Data.** ``torch.utils.data.DistributedSampler`` (seeded by ``seed``, ``set_epoch`` every epoch) gives each rank
   a disjoint share of the training set. Augmentation and dropout draw from a per-rank seed derived from
   ``(seed, epoch, rank)``, so a resumed run repeats exactly what the uninterrupted one drew. Validation is split
   across ranks too, and the predictions are gathered, so every rank computes the same metrics.
@@ -20,7 +22,7 @@ single-process engine (:class:`tlkit.finetuning.engine.FinetuneEngine`) with the
 - **Agreement.** After every epoch rank 0's buffers (BatchNorm statistics) are broadcast and a checksum of every
   parameter is compared across ranks; a mismatch stops the run instead of saving a model only rank 0 had.
 - **Files.** Rank 0 writes the config, metrics, checkpoints, model and report; the other ranks wait at a barrier
-  after each write, so every rank reads the same checkpoint on ``--resume``. Metrics are reduced across ranks.
+  after each write, so every rank reads the same checkpoint on resume. Metrics are reduced across ranks.
 - **Backend.** NCCL when the ranks train on CUDA devices (one GPU per rank, ``cuda:LOCAL_RANK``), gloo otherwise.
 """
 
@@ -33,63 +35,30 @@ import random
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tlkit.runtime import distributed as D
 from tlkit.errors import BadInputError, ConfigError, TlkitError
+from tlkit.finetuning.engine import Finetuner
 from tlkit.finetuning.run_files import RunFiles
-from tlkit.finetuning.engine import Callback, FinetuneEngine, FinetuneOptions, FinetuneResult
+from tlkit.runtime import distributed as D
 
 if TYPE_CHECKING:
-    from tlkit.contract.backbone import Backbone
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from tlkit.data.base import Dataset
+    from tlkit.finetuning.data import LoaderBatch, Sample
+    from tlkit.finetuning.options import FinetuneInputs, FinetuneOptions
+    from tlkit.finetuning.result import Callback, FinetuneResult
+    from tlkit.runtime import Runtime
 
 
-def finetune_distributed(
-    backbone: str | Backbone,
-    train: Any,
-    output: str | os.PathLike[str],
-    *,
-    val: Any = None,
-    weights: str | None = None,
-    input_size: int | None = None,
-    backbone_options: Mapping[str, Any] | None = None,
-    reader: str | None = None,
-    reader_options: Mapping[str, Any] | None = None,
-    on_error: str = "skip",
-    resume: bool = False,
-    callback: Callback | None = None,
-    **options: Any,
+def finetune_ddp(
+    inputs: FinetuneInputs, opts: FinetuneOptions, runtime: Runtime, callback: Callback | None = None
 ) -> FinetuneResult:
-    """:func:`tlkit.finetune` on every rank of a ``torchrun`` job, with DistributedDataParallel.
-
-    Call it on every rank with the same arguments; every rank returns the same result. ``batch_size`` is the
-    global batch (divided evenly between the ranks); ``callback`` only runs on rank 0. See the module doc.
-    """
-    from dataclasses import fields
-
-    env = D.dist_env()
-    if env is None:
-        raise ConfigError("finetune_distributed runs under torchrun with 2 or more processes; call tlkit.finetune")
-    known = {f.name for f in fields(FinetuneOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown finetune option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if options.get("init_head") is not None:
-        options["init_head"] = str(os.path.abspath(os.path.expanduser(str(options["init_head"]))))
-    if on_error not in ("skip", "fail"):
-        raise ConfigError(f"--on-error must be skip or fail, not {on_error!r}")
-    options["device"] = D.local_device(env, options.get("device", "auto"))
-    opts = FinetuneOptions(**options)
-    if opts.batch_size % env.world_size:
-        raise ConfigError(
-            f"--batch-size {opts.batch_size} is the global batch and must divide evenly between the "
-            f"{env.world_size} processes; use a multiple of {env.world_size}"
-        )
-    with D.process_group(D.backend_for(opts.device), D.timeout_seconds(D.TRAIN_TIMEOUT_S)) as env:
-        engine = DistributedFinetuneEngine(
-            backbone, train, output, opts, env=env, val=val, weights=weights, input_size=input_size,
-            backbone_options=backbone_options, reader=reader, reader_options=reader_options, on_error=on_error,
-            resume=resume, callback=callback if env.is_main else None,
-        )  # fmt: skip
-        return engine.run()
+    """Run :class:`DistributedFinetuner` on this rank inside the launcher's process group (NCCL for CUDA devices,
+    gloo otherwise). :func:`tlkit.finetune` calls it when ``runtime.world_size > 1``."""
+    trainer = DistributedFinetuner(inputs, opts, runtime, callback if runtime.is_main else None)
+    with D.process_group(D.backend_for(runtime.device), D.timeout_seconds(D.TRAIN_TIMEOUT_S)):
+        return trainer.run()
 
 
 class DistRunFiles(RunFiles):
@@ -135,7 +104,7 @@ class NonEmptyBatches:
     all-reduce. A batch whose items were all unreadable is therefore replaced by the rank's previous good batch
     (or the next one, at the start of an epoch); its skip reasons are kept. ``items`` counts what was trained on."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: DataLoader[Sample]) -> None:
         self.loader = loader
         self.items = 0
 
@@ -146,10 +115,10 @@ class NonEmptyBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[LoaderBatch]:
         self.items = 0
-        last = None
-        waiting: list[Any] = []
+        last: LoaderBatch | None = None
+        waiting: list[LoaderBatch] = []
         for batch in self.loader:
             if batch.inputs is None:
                 if last is None:
@@ -169,39 +138,42 @@ class NonEmptyBatches:
             first = waiting[0].skipped[0] if waiting[0].skipped else ("?", "unreadable")
             raise BadInputError(
                 f"every item one rank drew this epoch was unreadable (first: item {first[0]}: {first[1]}); remove the "
-                f"bad items (tlkit finetune --on-error fail names them)"
+                f"bad items ({{param}} fail names them)",
+                param="on_error",
             )
 
 
-class DistributedFinetuneEngine(FinetuneEngine):
-    """:class:`FinetuneEngine` for one rank of a DDP job (see the module doc)."""
+class DistributedFinetuner(Finetuner):
+    """:class:`Finetuner` for one rank of a DDP job (see the module doc). Use :func:`tlkit.finetune` under torchrun."""
 
-    def __init__(self, *args: Any, env: D.DistEnv, **kwargs: Any) -> None:
-        super().__init__(*args, is_main=env.is_main, **kwargs)
-        self.env = env
-        self.files = DistRunFiles(self.files.dir, is_main=env.is_main)
+    def __init__(
+        self, inputs: FinetuneInputs, opts: FinetuneOptions, runtime: Runtime, callback: Callback | None = None
+    ) -> None:
+        if opts.batch_size % runtime.world_size:
+            n = runtime.world_size
+            raise ConfigError(
+                f"{{param}} {opts.batch_size} is the global batch and must divide evenly between the {n} processes; "
+                f"use a multiple of {n}",
+                param="batch_size",
+            )
+        super().__init__(inputs, opts, runtime, callback)
         self._wrapped_for: tuple[str, ...] | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------------------------------
-    def run(self) -> FinetuneResult:
-        import torch
+    def _run_files(self, output: str | os.PathLike[str]) -> RunFiles:
+        return DistRunFiles(output, is_main=self.runtime.is_main)
 
-        self.files.lock()
-        try:
-            _together(self.prepare)
-            D.barrier()  # every rank has read the run directory before rank 0 writes into it
-            self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=self.opts.label_smoothing)
-            return self._run()
-        finally:
-            self.files.unlock()
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def _prepare_run(self) -> None:
+        _together(self.prepare)
+        D.barrier()  # every rank has read the run directory before rank 0 writes into it
 
     def _config(self) -> dict[str, Any]:
         config = super()._config()
         config["distributed"] = {
-            "world_size": self.env.world_size,
+            "world_size": self.runtime.world_size,
             "backend": D.backend_for(self.device),
             "global_batch": self.opts.batch_size,
-            "per_rank_batch": self.opts.batch_size // self.env.world_size,
+            "per_rank_batch": self.opts.batch_size // self.runtime.world_size,
         }
         return config
 
@@ -212,31 +184,25 @@ class DistributedFinetuneEngine(FinetuneEngine):
         from tlkit.finetuning.data import make_loader
 
         super()._build_loaders()
-        opts, env = self.opts, self.env
-        per_rank = opts.batch_size // env.world_size
-        workers = opts.workers if opts.workers is not None else self._rank_workers()
+        opts, rt = self.opts, self.runtime
+        per_rank = opts.batch_size // rt.world_size
         self.sampler = DistributedSampler(
-            self.train_items, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=opts.seed
+            self.train_items, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=opts.seed
         )
         drop_last = opts.bn_policy == "train" and len(self.sampler) > per_rank
-        loader = make_loader(self.train_items, per_rank, self.sampler, workers, self.device, opts.seed, drop_last)
-        self.train_loader = NonEmptyBatches(loader)
+        self.train_loader = NonEmptyBatches(
+            make_loader(self.train_items, per_rank, self.sampler, rt, opts.seed, drop_last)
+        )
         if self.val_loader is not None:
             items = self.val_loader.dataset
-            share = RankSlice(len(items), env.rank, env.world_size)
-            self.val_loader = make_loader(items, per_rank, share, workers, self.device)
-
-    def _rank_workers(self) -> int:
-        """The node's cores shared between its ranks (one left to each rank's training loop), at most 8."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(0, min(8, cpus // self.env.local_world_size - 1))
+            self.val_loader = make_loader(items, per_rank, RankSlice(len(items), rt.rank, rt.world_size), rt)
 
     def _seed_epoch(self, epoch: int) -> None:
         import numpy as np
         import torch
 
         super()._seed_epoch(epoch)  # the sampler's epoch, and rank 0's seeds equal a single-process run's
-        s = (self._epoch_seed(epoch) + 104_729 * self.env.rank) % (2**31)
+        s = (self._epoch_seed(epoch) + 104_729 * self.runtime.rank) % (2**31)
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
@@ -255,7 +221,7 @@ class DistributedFinetuneEngine(FinetuneEngine):
             gc.collect()  # the old wrapper's reducer hooks go with it before the new one registers its own
         device_ids = None
         if self.device.type == "cuda":
-            device_ids = [self.device.index if self.device.index is not None else self.env.local_rank]
+            device_ids = [self.device.index if self.device.index is not None else self.runtime.local_rank]
         self.forward_module = DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True)
         self._wrapped_for = names
 
@@ -280,7 +246,7 @@ class DistributedFinetuneEngine(FinetuneEngine):
         return row
 
     def _sync_buffers(self) -> None:
-        """Rank 0's buffers everywhere: BatchNorm statistics trained per rank (``--bn-policy train``) would differ."""
+        """Rank 0's buffers everywhere: BatchNorm statistics trained per rank (``bn_policy="train"``) would differ."""
         import torch.distributed as dist
 
         for buf in self.model.buffers():
@@ -304,7 +270,7 @@ class DistributedFinetuneEngine(FinetuneEngine):
             )
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def _predict(self, loader: Any, dataset: Any) -> tuple[Any, Any, float]:
+    def _predict(self, loader: Any, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, float]:
         import numpy as np
 
         y, p, loss = super()._predict(loader, dataset)
@@ -317,14 +283,12 @@ class DistributedFinetuneEngine(FinetuneEngine):
         p = np.concatenate([part[1] for part in parts])
         return y, p, total / n if n else float("nan")
 
-    def _finish(
-        self, history: list[dict[str, Any]], epochs_run: int, stopped: bool, resumed_from: int | None
-    ) -> FinetuneResult:
+    def _finish(self, history: list[dict[str, Any]], epochs_run: int, resumed_from: int | None) -> FinetuneResult:
         merged: dict[str, Any] = {}
         for part in D.all_gather_object(self.skipped):
             merged.update(part)
         self.skipped = dict(sorted(merged.items()))
-        return super()._finish(history, epochs_run, stopped, resumed_from)
+        return super()._finish(history, epochs_run, resumed_from)
 
 
 def _together(fn: Any) -> None:
@@ -344,4 +308,4 @@ def _together(fn: Any) -> None:
         raise TlkitError(f"rank {rank} failed: {msg}")
 
 
-__all__ = ["DistRunFiles", "DistributedFinetuneEngine", "NonEmptyBatches", "RankSlice", "finetune_distributed"]
+__all__ = ["DistRunFiles", "DistributedFinetuner", "NonEmptyBatches", "RankSlice", "finetune_ddp"]

@@ -22,7 +22,7 @@ from tlkit.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-    from tlkit.contract.backbone import Block
+    from tlkit.contract.backbone import Backbone, Block
 
 HEAD_ONLY = ("none", "head")
 
@@ -162,3 +162,27 @@ def format_report_rows(rows: Sequence[FreezeRow]) -> tuple[list[str], list[list[
             row.append(str(r.since_epoch) if r.since_epoch else "-")
         cells.append(row)
     return columns, cells
+
+
+def freeze_preview(
+    backbone: Backbone,
+    unfreeze: str,
+    *,
+    lr: float | None = None,
+    backbone_lr_ratio: float | None = None,
+    backbone_lr: float | None = None,
+    layer_decay: float | None = None,
+    bn_policy: str | None = None,
+) -> list[FreezeRow]:
+    """The freeze report for one unfreeze spec, without training (``tlkit blocks NAME --unfreeze SPEC``)."""
+    from tlkit.finetuning.bn import DEFAULT_BN_POLICY, BatchNormPolicy
+    from tlkit.finetuning.optim import DEFAULT_HEAD_LR, backbone_rate, block_rates
+
+    head_lr = DEFAULT_HEAD_LR if lr is None else lr
+    blocks = backbone.blocks()
+    trainable = resolve_unfreeze(unfreeze, blocks)
+    rates = block_rates([b.name for b in blocks], backbone_rate(head_lr, backbone_lr_ratio, backbone_lr), layer_decay)
+    policy = BatchNormPolicy(backbone.module, blocks, bn_policy or DEFAULT_BN_POLICY)
+    policy.set_trainable(trainable)
+    rows = freeze_report(backbone.module, blocks, trainable, rates, policy.block_modes(blocks), 0, head_lr)
+    return rows[:-1]

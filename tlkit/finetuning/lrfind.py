@@ -12,15 +12,19 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import ConfigError
+from tlkit.finetuning.engine import Finetuner
+from tlkit.finetuning.options import FinetuneInputs, FinetuneOptions
+from tlkit.runtime import resolve
 
 if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone
+    from tlkit.finetuning.data import LoaderBatch
 
 
 @dataclass
@@ -47,7 +51,7 @@ class LRFindResult:
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, float]:
     """``(suggested, steepest, minimum)`` rates from a smoothed loss curve."""
     if not lrs:
-        raise ConfigError("the range test recorded no steps; give more --steps or more data")
+        raise ConfigError("the range test recorded no steps; give more {param} or more data", param="steps")
     i_min = min(range(len(smoothed)), key=lambda i: smoothed[i])
     min_lr = lrs[i_min]
     steepest = min_lr
@@ -59,8 +63,8 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, floa
 
 
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike[str]) -> None:
+    from tlkit.fileio import atomic_write_with
     from tlkit.runs.plots import _pyplot
-    from tlkit.runs.rundir import atomic_write_with
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -94,84 +98,118 @@ def lr_find(
     callback: Callable[[int, int, float, float], None] | None = None,
     **options: Any,
 ) -> LRFindResult:
-    """Run the range test; ``options`` are :class:`tlkit.finetuning.engine.FinetuneOptions` fields (``head``,
-    ``backbone_lr_ratio``, ``layer_decay``, ``batch_size``, ``bn_policy``, ``precision``, ``seed``, ...).
-    ``callback(step, steps, lr, loss)`` reports progress. Writes the plot to ``output`` unless it is ``None``."""
+    """Run the range test; ``options`` are :class:`tlkit.finetuning.FinetuneOptions` fields (``head``,
+    ``backbone_lr_ratio``, ``layer_decay``, ``batch_size``, ``bn_policy``, ``precision``, ``device``, ``workers``,
+    ``seed``, ...). ``callback(step, steps, lr, loss)`` reports progress. Writes the plot to ``output`` unless it is
+    ``None``. The test runs in one process, with the fine-tuning runtime policy."""
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(
+            f"need 0 < {{start_lr}} < {{end_lr}}, not {start_lr} and {end_lr}", params=("start_lr", "end_lr")
+        )
+    if steps < 5:
+        raise ConfigError(f"{{param}} must be at least 5, not {steps}", param="steps")
+    opts = FinetuneOptions.from_kwargs(
+        {"unfreeze": unfreeze, "epochs": 1, "head_epochs": 0, "val_split": 0.0, **options}
+    )
+    runtime = resolve("finetune", opts.runtime_options(), env=False)
+    with tempfile.TemporaryDirectory(prefix="tlkit-lrfind-") as tmp:
+        inputs = FinetuneInputs(
+            backbone, train, Path(tmp) / "run", weights=weights, input_size=input_size, reader=reader,
+            reader_options=dict(reader_options or {}),
+        )  # fmt: skip
+        engine = Finetuner(inputs, opts, runtime)
+        engine.prepare()
+    curve = _range_test(engine, start_lr, end_lr, steps, callback)
+    finite = [i for i, s in enumerate(curve.smoothed) if math.isfinite(s)]
+    suggested, steepest, min_lr = suggest([curve.lrs[i] for i in finite], [curve.smoothed[i] for i in finite])
+    result = LRFindResult(
+        curve.lrs, curve.losses, curve.smoothed, suggested, steepest, min_lr, curve.diverged,
+        Path(output) if output else None, unfreeze,
+    )  # fmt: skip
+    if output:
+        plot_lr_find(result, output)
+    return result
+
+
+@dataclass
+class _Curve:
+    """The recorded rates and losses, with the bias-corrected exponential smoothing of fastai's range test."""
+
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    diverged: bool = False
+    _avg: float = 0.0
+    _best: float = math.inf
+
+    def add(self, lr: float, loss: float, beta: float = 0.9) -> float:
+        """Record one step; returns the smoothed loss and marks divergence (not finite, or 4× the best)."""
+        self._avg = beta * self._avg + (1 - beta) * loss
+        smooth = self._avg / (1 - beta ** (len(self.losses) + 1))
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        self.smoothed.append(smooth)
+        self._best = min(self._best, smooth)
+        self.diverged = not math.isfinite(smooth) or (len(self.losses) > 5 and smooth > 4 * self._best)
+        return smooth
+
+
+def _range_test(
+    engine: Finetuner,
+    start_lr: float,
+    end_lr: float,
+    steps: int,
+    callback: Callable[[int, int, float, float], None] | None,
+) -> _Curve:
+    """Train the prepared ``engine``'s model for up to ``steps`` batches at exponentially growing rates."""
     import torch
 
-    from tlkit.runtime.amp import autocast
-    from tlkit.finetuning.data import to_device
-    from tlkit.finetuning.engine import FinetuneEngine, FinetuneOptions
     from tlkit.finetuning.optim import set_group_rates
+    from tlkit.runtime.batching import to_device
 
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"need 0 < --start-lr < --end-lr, not {start_lr} and {end_lr}")
-    if steps < 5:
-        raise ConfigError(f"--steps must be at least 5, not {steps}")
-    opts = FinetuneOptions(unfreeze=unfreeze, epochs=1, head_epochs=0, val_split=0.0, **options)
-    with tempfile.TemporaryDirectory(prefix="tlkit-lrfind-") as tmp:
-        engine = FinetuneEngine(
-            backbone,
-            train,
-            Path(tmp) / "run",
-            opts,
-            weights=weights,
-            input_size=input_size,
-            reader=reader,
-            reader_options=reader_options,
-        )
-        engine.prepare()
-    model, optimizer, device = engine.model, engine.optimizer, engine.device
+    model, optimizer, scaler, rt = engine.model, engine.optimizer, engine.scaler, engine.runtime
     trainable = engine.trainable_by_phase[-1]
     model.set_trainable(trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     criterion = torch.nn.CrossEntropyLoss()
     engine._seed_epoch(0)
     model.train()
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    avg, beta, best = 0.0, 0.9, math.inf
-    diverged = False
-    batches = iter(engine.train_loader)
-    epoch = 0
+    curve = _Curve()
+    batches = _batches(engine)
     for i in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            engine._seed_epoch(epoch)
-            batches = iter(engine.train_loader)
-            batch = next(batches)
+        batch = next(batches, None)
+        if batch is None:
+            break
         if batch.inputs is None:
             continue
-        set_group_rates(optimizer, trainable, lr / opts.lr)
-        with autocast(device, engine.precision):
-            logits = model(to_device(batch.inputs, device))
-        loss = criterion(logits.float(), batch.labels.to(device))
+        set_group_rates(optimizer, trainable, lr / engine.opts.lr)
+        with rt.autocast():
+            logits = model(to_device(batch.inputs, rt.device))
+        loss = criterion(logits.float(), batch.labels.to(rt.device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0 if opts.grad_clip is None else opts.grad_clip)
-        optimizer.step()
-        value = float(loss.detach())
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (len(losses) + 1))
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(smooth)
-        best = min(best, smooth)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, engine.opts.grad_clip or 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        smooth = curve.add(lr, float(loss.detach()))
         if callback is not None:
             callback(i + 1, steps, lr, smooth)
-        if not math.isfinite(smooth) or (len(losses) > 5 and smooth > 4 * best):
-            diverged = True
+        if curve.diverged:
             break
-    finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
-    lrs_f, sm_f = [lrs[i] for i in finite], [smoothed[i] for i in finite]
-    suggested, steepest, min_lr = suggest(lrs_f, sm_f)
-    result = LRFindResult(
-        lrs, losses, smoothed, suggested, steepest, min_lr, diverged, Path(output) if output else None, unfreeze
-    )
-    if output:
-        plot_lr_find(result, output)
-    return result
+    return curve
+
+
+def _batches(engine: Finetuner) -> Iterator[LoaderBatch]:
+    """Training batches, epoch after epoch, each epoch seeded as in a fine-tuning run (epoch 0 already is)."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in engine.train_loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+        epoch += 1
+        engine._seed_epoch(epoch)

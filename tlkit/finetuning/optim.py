@@ -33,23 +33,25 @@ HEAD = "head"
 def backbone_rate(head_lr: float, backbone_lr_ratio: float | None, backbone_lr: float | None) -> float:
     """The backbone's base rate from the head rate and either a ratio or an absolute rate (not both)."""
     if backbone_lr_ratio is not None and backbone_lr is not None:
-        raise ConfigError("give --backbone-lr-ratio or --backbone-lr, not both")
+        raise ConfigError(
+            "give {backbone_lr_ratio} or {backbone_lr}, not both", params=("backbone_lr_ratio", "backbone_lr")
+        )
     if head_lr <= 0:
-        raise ConfigError(f"--lr must be positive, not {head_lr}")
+        raise ConfigError(f"{{param}} must be positive, not {head_lr}", param="lr")
     if backbone_lr is not None:
         if backbone_lr < 0:
-            raise ConfigError(f"--backbone-lr must be ≥ 0, not {backbone_lr}")
+            raise ConfigError(f"{{param}} must be ≥ 0, not {backbone_lr}", param="backbone_lr")
         return float(backbone_lr)
     ratio = DEFAULT_BACKBONE_LR_RATIO if backbone_lr_ratio is None else backbone_lr_ratio
     if ratio < 0:
-        raise ConfigError(f"--backbone-lr-ratio must be ≥ 0, not {ratio}")
+        raise ConfigError(f"{{param}} must be ≥ 0, not {ratio}", param="backbone_lr_ratio")
     return float(head_lr * ratio)
 
 
 def block_rates(block_names: Sequence[str], backbone_lr: float, layer_decay: float | None = None) -> dict[str, float]:
     """The base rate of each block; with ``layer_decay`` earlier blocks get geometrically lower rates."""
     if layer_decay is not None and not 0 < layer_decay <= 1:
-        raise ConfigError(f"--layer-decay must be in (0, 1], not {layer_decay}")
+        raise ConfigError(f"{{param}} must be in (0, 1], not {layer_decay}", param="layer_decay")
     decay = 1.0 if layer_decay is None else float(layer_decay)
     n = len(block_names)
     return {name: backbone_lr * decay ** (n - 1 - i) for i, name in enumerate(block_names)}
@@ -114,4 +116,4 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=0.0, betas=betas)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=momentum, nesterov=True)
-    raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    raise ConfigError(f"{{param}} must be one of {', '.join(OPTIMIZERS)}, not {name!r}", param="optimizer")

@@ -40,42 +40,8 @@ def load_probe_head(run_dir: str | os.PathLike[str], backbone: Backbone, class_n
     """Read a head run and check that it fits ``backbone`` and the training classes; clear errors otherwise."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    if config.get("kind") != "head":
-        raise BadInputError(
-            f"--init-head {run_dir}: a {config.get('kind')!r} run; pass a head run written by tlkit train"
-        )
-    head = config.get("head") or {}
-    if head.get("kind", "torch") != "torch":
-        raise BadInputError(
-            f"--init-head {run_dir}: head {head.get('name')!r} is a scikit-learn estimator; fine-tuning needs a torch "
-            f"head (train it with --head linear or --head mlp)"
-        )
-    layer = config.get("layer")
-    if layer not in (None, "", "final", "last"):
-        raise BadInputError(
-            f"--init-head {run_dir}: the head was trained on layer {layer!r}; fine-tuning feeds the final embedding, "
-            f"so train the probe without --layer"
-        )
-    recorded = (config.get("backbone") or {}).get("fingerprint")
-    actual = backbone.fingerprint()
-    if recorded != actual:
-        bname = (config.get("backbone") or {}).get("name", "?")
-        raise FingerprintMismatchError(
-            f"--init-head {run_dir}: its head was trained on features of {bname} with fingerprint {recorded}, but "
-            f"this backbone ({backbone.name}, weights {backbone.weights}) has fingerprint {actual}; train the probe "
-            f"on a cache extracted with the same backbone, weights and preprocessing"
-        )
-    probe_classes = list(config.get("class_names") or [])
-    if probe_classes != list(class_names):
-        raise BadInputError(
-            f"--init-head {run_dir}: the probe's classes {probe_classes} differ from the training data's "
-            f"{list(class_names)}; train the probe on the same classes"
-        )
-    if int(head.get("in_dim", -1)) != backbone.spec.embed_dim:
-        raise BadInputError(
-            f"--init-head {run_dir}: the head takes {head.get('in_dim')}-d features but {backbone.name} gives "
-            f"{backbone.spec.embed_dim}-d"
-        )
+    _check(config, f"{{param}} {run_dir}", backbone, class_names)
+    head = config["head"]
     state = load_tensors(run_dir / HEAD_WEIGHTS)
     if state and all(k.startswith("head.") for k in state):
         state = {k[5:]: v for k, v in state.items()}
@@ -86,5 +52,52 @@ def load_probe_head(run_dir: str | os.PathLike[str], backbone: Backbone, class_n
         in_dim=int(head["in_dim"]),
         n_classes=int(head["n_classes"]),
         state=state,
-        fingerprint=str(recorded),
+        fingerprint=str(config["backbone"]["fingerprint"]),
     )
+
+
+def _check(config: dict[str, Any], where: str, backbone: Backbone, class_names: Sequence[str]) -> None:
+    """A head run, of a torch head, on the final embedding of this very backbone, for the same classes.
+    ``where`` names the parameter as ``{param}`` (the CLI shows the flag)."""
+    if config.get("kind") != "head":
+        raise BadInputError(
+            f"{where}: a {config.get('kind')!r} run; pass a head run written by tlkit train",
+            param="init_head",
+        )
+    head = config.get("head") or {}
+    if head.get("kind", "torch") != "torch":
+        raise BadInputError(
+            f"{where}: head {head.get('name')!r} is a scikit-learn estimator; fine-tuning needs a torch "
+            f"head (train a linear or mlp probe)",
+            param="init_head",
+        )
+    layer = config.get("layer")
+    if layer not in (None, "", "final", "last"):
+        raise BadInputError(
+            f"{where}: the head was trained on layer {layer!r}, but fine-tuning feeds the final embedding; train "
+            f"the probe on the final layer",
+            param="init_head",
+        )
+    recorded = (config.get("backbone") or {}).get("fingerprint")
+    actual = backbone.fingerprint()
+    if recorded != actual:
+        bname = (config.get("backbone") or {}).get("name", "?")
+        raise FingerprintMismatchError(
+            f"{where}: its head was trained on features of {bname} with fingerprint {recorded}, but "
+            f"this backbone ({backbone.name}, weights {backbone.weights}) has fingerprint {actual}; train the probe "
+            f"on a cache extracted with the same backbone, weights and preprocessing",
+            param="init_head",
+        )
+    probe_classes = list(config.get("class_names") or [])
+    if probe_classes != list(class_names):
+        raise BadInputError(
+            f"{where}: the probe's classes {probe_classes} differ from the training data's "
+            f"{list(class_names)}; train the probe on the same classes",
+            param="init_head",
+        )
+    if int(head.get("in_dim", -1)) != backbone.spec.embed_dim:
+        raise BadInputError(
+            f"{where}: the head takes {head.get('in_dim')}-d features but {backbone.name} gives "
+            f"{backbone.spec.embed_dim}-d",
+            param="init_head",
+        )

@@ -7,6 +7,7 @@ so each rank can resume from the same checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from tlkit.runs.rundir import (
     read_config,
     read_jsonl,
     rewrite_jsonl,
+    run_lock,
     save_tensors,
     write_json,
 )
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 
     from tlkit.runs.metrics import ClassificationReport
 
-LOCK = ".lock"
-
 
 class RunFiles:
     """The run directory of one ``tlkit finetune``: config, metrics, checkpoints, final model, report, plots."""
@@ -50,7 +50,7 @@ class RunFiles:
     def __init__(self, run_dir: str | os.PathLike[str], is_main: bool = True) -> None:
         self.dir = Path(run_dir)
         self.is_main = is_main
-        self._lock: Any = None
+        self._lock: contextlib.ExitStack | None = None
 
     # -- paths ---------------------------------------------------------------------------------------------------
     @property
@@ -74,26 +74,16 @@ class RunFiles:
 
     # -- locking -------------------------------------------------------------------------------------------------
     def lock(self) -> None:
-        """Refuse a second writer on the same run directory."""
+        """Refuse a second writer on the same run directory (held until :meth:`unlock`)."""
         if not self.is_main:
             return
-        from filelock import FileLock, Timeout
-
-        from tlkit.errors import ConfigError
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.dir / LOCK))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise ConfigError(
-                f"{self.dir}: another tlkit finetune is writing this run directory; wait for it or use another -o"
-            ) from None
-        self._lock = lock
+        held = contextlib.ExitStack()
+        held.enter_context(run_lock(self.dir))
+        self._lock = held
 
     def unlock(self) -> None:
         if self._lock is not None:
-            self._lock.release()
+            self._lock.close()
             self._lock = None
 
     # -- reads ---------------------------------------------------------------------------------------------------

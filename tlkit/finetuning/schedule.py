@@ -78,7 +78,7 @@ def _phases(pairs: Sequence[tuple[str, int]]) -> Plan:
             phases.append(Phase(spec, epochs, start))
             start += epochs
     if not phases:
-        raise ConfigError("the training plan has no epochs; give --epochs ≥ 1 or phases with ≥ 1 epoch")
+        raise ConfigError("the training plan has no epochs; give {param} ≥ 1 or phases with ≥ 1 epoch", param="epochs")
     return Plan(tuple(phases))
 
 
@@ -92,25 +92,30 @@ def parse_schedule(text: str) -> Plan:
         spec, sep, n = part.rpartition(":")
         if not sep or not spec:
             raise ConfigError(
-                f"--schedule phase {part!r} needs SPEC:EPOCHS, e.g. head:2 or last:1:3 (phases separated by commas)"
+                f"{{param}} phase {part!r} needs SPEC:EPOCHS, e.g. head:2 or last:1:3 (phases separated by commas)",
+                param="schedule",
             )
         try:
             epochs = int(n)
         except ValueError:
-            raise ConfigError(f"--schedule phase {part!r}: {n!r} is not a whole number of epochs") from None
+            raise ConfigError(
+                f"{{param}} phase {part!r}: {n!r} is not a whole number of epochs", param="schedule"
+            ) from None
         if epochs < 1:
-            raise ConfigError(f"--schedule phase {part!r}: each phase needs at least 1 epoch")
+            raise ConfigError(f"{{param}} phase {part!r}: each phase needs at least 1 epoch", param="schedule")
         check_unfreeze_syntax(spec)
         pairs.append((spec, epochs))
     if not pairs:
-        raise ConfigError("--schedule is empty; give phases like head:2,last:1:3")
+        raise ConfigError("{param} is empty; give phases like head:2,last:1:3", param="schedule")
     return _phases(pairs)
 
 
 def simple_plan(unfreeze: str, epochs: int, head_epochs: int) -> Plan:
     """``head_epochs`` head-only epochs, then ``unfreeze`` for the rest."""
     if head_epochs > epochs:
-        raise ConfigError(f"--head-epochs {head_epochs} is more than --epochs {epochs}")
+        raise ConfigError(
+            f"{{head_epochs}} {head_epochs} is more than {{epochs}} {epochs}", params=("head_epochs", "epochs")
+        )
     return _phases([("none", head_epochs), (unfreeze, epochs - head_epochs)])
 
 
@@ -120,9 +125,12 @@ def gradual_plan(targets: Sequence[str], epochs: int, head_epochs: int, every: i
     The last phase runs until ``epochs``; if ``epochs`` runs out first, the lower blocks are never unfrozen.
     """
     if every < 1:
-        raise ConfigError("--gradual-every must be at least 1 epoch")
+        raise ConfigError("{param} must be at least 1 epoch", param="gradual_every")
     if not targets:
-        raise ConfigError("--gradual needs blocks to unfreeze; --unfreeze none leaves nothing to unfreeze gradually")
+        raise ConfigError(
+            "{gradual} needs blocks to unfreeze; {unfreeze} none leaves nothing to unfreeze gradually",
+            params=("gradual", "unfreeze"),
+        )
     pairs: list[tuple[str, int]] = [("none", min(head_epochs, epochs))]
     left = epochs - pairs[0][1]
     top_down = list(reversed(targets))
@@ -137,7 +145,7 @@ def gradual_plan(targets: Sequence[str], epochs: int, head_epochs: int, every: i
 
 def check_lr_schedule(kind: str) -> str:
     if kind not in LR_SCHEDULES:
-        raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+        raise ConfigError(f"{{param}} must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}", param="lr_schedule")
     return kind
 
 

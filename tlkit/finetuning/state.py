@@ -38,8 +38,10 @@ def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     import numpy as np
     import torch
 
+    from tlkit.runtime import probe
+
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if probe.cuda_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -53,10 +55,12 @@ def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None
     import numpy as np
     import torch
 
+    from tlkit.runtime import probe
+
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    if cuda and len(cuda) == probe.cuda_device_count():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
     if "rng.numpy" in tensors and meta.get("numpy"):
         name, pos, has_gauss, cached = meta["numpy"]
@@ -143,7 +147,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise BadInputError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
     if raw is None:
         raise BadInputError(f"{path}: not a tlkit checkpoint (no {META_KEY} metadata)")
-    return json.loads(raw)
+    meta: dict[str, Any] = json.loads(raw)
+    return meta
 
 
 def load_model_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -20,6 +20,9 @@ class KNNHead(nn.Module):
     training features and their labels) is kept in buffers, so the head round-trips through safetensors.
     """
 
+    bank: torch.Tensor
+    bank_labels: torch.Tensor
+
     def __init__(
         self, in_dim: int, n_classes: int, k: int = 20, temperature: float = 0.07, weighting: str = "softmax"
     ) -> None:

@@ -126,7 +126,7 @@ def _skops() -> Any:
 
 def save_estimator(est: Any, path: str | os.PathLike[str]) -> None:
     """Save a fitted estimator in skops' secure format, atomically."""
-    from tlkit.runs.rundir import atomic_write_with
+    from tlkit.fileio import atomic_write_with
 
     sio = _skops()
     atomic_write_with(path, lambda tmp: sio.dump(est, tmp))

@@ -120,7 +120,9 @@ class FeatureTable:
         self.device = device
         self.use_views = bool(use_views)
         if self.use_views and source.views is None:
-            raise BadInputError(f"{source.name}: no cached views; extract with --views K, or train without --views")
+            raise BadInputError(
+                f"{source.name}: no cached views; extract with --views K, or train without {{param}}", param="views"
+            )
         k = source.n_views if self.use_views else 0
         auto = in_memory is None
         self.in_memory = fits_in_memory(len(self.rows), source.dim, k, device) if auto else bool(in_memory)
@@ -202,9 +204,8 @@ class FeatureTable:
             local = part - lo
             n = len(part)
             order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-            if views:
-                k = self.source.n_views
-                pick = torch.randint(k, (n,), generator=generator)
+            if views and self.source.views is not None:
+                pick = torch.randint(self.source.n_views, (n,), generator=generator)
                 block = np.asarray(self.source.views[:, lo:hi], dtype=np.float32)[:, local]
                 x_all = torch.from_numpy(block)[pick, torch.arange(n)]
             else:
@@ -235,19 +236,6 @@ class FeatureTable:
         if self._x is not None:
             return self._x
         return self._read(self.source.features, self.rows).to(self.device)
-
-
-def table_probabilities(head: Any, kind: str, table: FeatureTable, n_classes: int) -> np.ndarray:
-    """Class probabilities ``[N, n_classes]`` of a fitted head on a table, in row order. A streamed table is scored
-    chunk by chunk rather than loaded whole (a scikit-learn estimator still takes every row at once)."""
-    import numpy as np
-
-    from tlkit.heads.training import head_probabilities
-
-    if kind == "estimator" or table.in_memory:
-        return head_probabilities(head, kind, table.all_features(), n_classes)
-    parts = [head_probabilities(head, kind, x, n_classes) for x, _ in table.batches(4096, augment=False)]
-    return np.concatenate(parts) if parts else np.zeros((0, n_classes))
 
 
 def labelled_rows(source: FeatureSource) -> np.ndarray:

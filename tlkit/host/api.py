@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from tlkit.contract.backbone import WEIGHTS_PRETRAINED, Backbone
@@ -17,6 +18,19 @@ def get_backbone(name: str, weights: str | os.PathLike[str] = WEIGHTS_PRETRAINED
     Other options (``preprocess``, ``pooling``, ``augment``, plugin-specific ones) go to the backbone.
     """
     return resolve_backbone(name).create(weights=str(weights), **options)
+
+
+def backbone_from_record(record: Mapping[str, Any], weights: str | os.PathLike[str] | None = None) -> Backbone:
+    """Rebuild a backbone (not loaded) from what a cache or a run recorded about it.
+
+    ``record`` is a cache's ``backbone`` metadata (``name``, ``weights``, ``init_kwargs``) or a run config's
+    ``backbone`` section (``name``, ``weights``, ``options``). ``weights`` replaces the recorded weights (``"none"``
+    builds the architecture alone, for a run whose own weights are loaded next); by default the recorded ones are
+    used, else ``"pretrained"``.
+    """
+    options = dict(record.get("init_kwargs") or record.get("options") or {})
+    recorded = options.pop("weights", None) or record.get("weights") or WEIGHTS_PRETRAINED
+    return get_backbone(str(record["name"]), weights=recorded if weights is None else weights, **options)
 
 
 def list_backbones(pattern: str | None = None, modality: str | None = None) -> list[BackboneEntry]:

@@ -5,30 +5,23 @@ It is registered through the same ``tlkit`` entry-point group a third-party plug
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from tlkit.host.hookspecs import hookimpl
+from tlkit.host.hookspecs import RegisterBackbone, RegisterHead, RegisterReader, hookimpl
 
 
 @hookimpl
-def tlkit_register_backbones(register: Callable[..., None]) -> None:
+def tlkit_register_backbones(register: RegisterBackbone) -> None:
     from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 
+    register("fake/image", FakeImageBackbone, summary="tiny deterministic CNN for tests (tlkit.testing)")
     register(
-        "fake/image", FakeImageBackbone, modality="image", summary="tiny deterministic CNN for tests (tlkit.testing)"
-    )
-    register(
-        "fake/text",
-        FakeTextBackbone,
-        modality="text",
-        summary="tiny deterministic byte-level text encoder for tests (tlkit.testing)",
+        "fake/text", FakeTextBackbone, summary="tiny deterministic byte-level text encoder for tests (tlkit.testing)"
     )
 
 
 @hookimpl
-def tlkit_register_heads(register: Callable[..., None]) -> None:
-    from tlkit.heads.torch_heads import knn_head, linear_head, mlp_head
+def tlkit_register_heads(register: RegisterHead) -> None:
     from tlkit.heads.sklearn_head import sklearn_head
+    from tlkit.heads.torch_heads import knn_head, linear_head, mlp_head
 
     register("linear", linear_head, kind="torch", summary="one linear layer (a linear probe)")
     register("mlp", mlp_head, kind="torch", summary="hidden layers + activation + dropout (default 256, relu, 0.5)")
@@ -42,7 +35,7 @@ def tlkit_register_heads(register: Callable[..., None]) -> None:
 
 
 @hookimpl
-def tlkit_register_readers(register: Callable[..., None]) -> None:
+def tlkit_register_readers(register: RegisterReader) -> None:
     from tlkit.data.audio import AudioReader
     from tlkit.data.image import ImageReader
     from tlkit.data.text import TextReader
@@ -50,18 +43,15 @@ def tlkit_register_readers(register: Callable[..., None]) -> None:
     register(
         "image",
         ImageReader(),
-        modality="image",
         summary="class folders, flat folders or path,label manifests of JPEG/PNG/WebP/BMP/TIFF/GIF",
     )
     register(
         "text",
         TextReader(),
-        modality="text",
         summary="CSV/TSV/JSONL with text and label columns, or class folders of .txt files",
     )
     register(
         "audio",
         AudioReader(),
-        modality="audio",
         summary="class folders, flat folders or path,label manifests of WAV/FLAC/Ogg (soundfile; mixed to mono)",
     )

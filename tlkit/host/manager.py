@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from tlkit.host import hookspecs
 from tlkit.errors import PluginError
+from tlkit.host import hookspecs
 
 ENTRY_POINT_GROUP = "tlkit"
 ENV_VAR = "TLKIT_PLUGINS"
@@ -53,6 +53,8 @@ class PluginWarning(UserWarning):
 
 _pm: pluggy.PluginManager | None = None
 _infos: dict[str, PluginInfo] = {}
+#: Counts changes to the set of plugins, so that what was collected from them (the registry) knows to rebuild.
+_generation = 0
 
 
 def _wanted() -> set[str] | None:
@@ -130,14 +132,14 @@ def register_plugin(plugin: object, name: str) -> None:
         builtin=False,
         hooks=sorted(h.name for h in pm.get_hookcallers(plugin) or []),
     )
-    _reset_registry()
+    _changed()
 
 
 def unregister_plugin(name: str) -> None:
     pm = get_plugin_manager()
     pm.unregister(name=name)
     _infos.pop(name, None)
-    _reset_registry()
+    _changed()
 
 
 def list_plugins() -> list[PluginInfo]:
@@ -146,10 +148,14 @@ def list_plugins() -> list[PluginInfo]:
     return list(_infos.values())
 
 
-def _reset_registry() -> None:
-    from tlkit.host import registry
+def generation() -> int:
+    """A number that changes whenever plugins are registered, unregistered or rediscovered."""
+    return _generation
 
-    registry.reset()
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
 
 
 def reset() -> None:
@@ -157,4 +163,4 @@ def reset() -> None:
     global _pm
     _pm = None
     _infos.clear()
-    _reset_registry()
+    _changed()

@@ -16,15 +16,41 @@ if TYPE_CHECKING:
 MODALITIES = ("image", "text", "audio")
 
 
+def _check_modality(kind: str, name: str, owner: object, plugin: str) -> str:
+    """The ``modality`` attribute of a backbone class or reader, checked; a :class:`PluginError` naming the fix."""
+    modality = getattr(owner, "modality", None)
+    if modality not in MODALITIES:
+        what = f"with modality {modality!r}" if modality is not None else "whose class sets no modality"
+        raise PluginError(
+            f"plugin {plugin!r} registered {kind} {name!r} {what}; set the class attribute modality to one of "
+            f"{', '.join(MODALITIES)}"
+        )
+    return str(modality)
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
-    """A backbone a plugin offers. ``factory(name, **options)`` builds it without loading weights."""
+    """A backbone a plugin offers: ``factory`` is a :class:`tlkit.plugin.Backbone` subclass, and
+    ``factory(name, **options)`` builds it without loading weights. The modality is the class's own."""
 
     name: str
-    factory: Callable[..., Backbone]
-    modality: str
+    factory: type[Backbone]
     summary: str = ""
     plugin: str = ""
+
+    def __post_init__(self) -> None:
+        from tlkit.contract.backbone import Backbone
+
+        if not (isinstance(self.factory, type) and issubclass(self.factory, Backbone)):
+            raise PluginError(
+                f"plugin {self.plugin!r} offers backbone {self.name!r} with factory {self.factory!r}; "
+                f"give a tlkit.plugin.Backbone subclass"
+            )
+        _check_modality("backbone", self.name, self.factory, self.plugin)
+
+    @property
+    def modality(self) -> str:
+        return self.factory.modality
 
     def create(self, **options: Any) -> Backbone:
         return self.factory(self.name, **options)
@@ -44,11 +70,19 @@ class HeadEntry:
 
 @dataclass(frozen=True)
 class ReaderEntry:
+    """A data reader; its modality is the reader's own ``modality`` attribute."""
+
     name: str
     reader: Reader
-    modality: str
     summary: str = ""
     plugin: str = ""
+
+    def __post_init__(self) -> None:
+        _check_modality("reader", self.name, self.reader, self.plugin)
+
+    @property
+    def modality(self) -> str:
+        return self.reader.modality
 
 
 @dataclass
@@ -58,19 +92,25 @@ class Registry:
     readers: dict[str, ReaderEntry] = field(default_factory=dict)
 
 
-_registry: Registry | None = None
+#: The registry, and the plugin manager generation it was built from (it is rebuilt when plugins change).
+_registry: tuple[int, Registry] | None = None
 
 
 def _collector(kind: str, table: dict[str, Any], plugin: str, make: Callable[..., Any]) -> Callable[..., None]:
+    """The ``register`` callback one plugin receives (it implements RegisterBackbone, RegisterHead, RegisterReader)."""
+
     def register(name: str, obj: Any, **kwargs: Any) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {kind} without a name")
-        entry = make(name, obj, plugin=plugin, **kwargs)
-        if getattr(entry, "modality", "image") not in MODALITIES:
+        if "modality" in kwargs:
             raise PluginError(
-                f"plugin {plugin!r} registered {kind} {name!r} with modality {entry.modality!r}; "
-                f"use one of {', '.join(MODALITIES)}"
+                f"plugin {plugin!r} passed modality= when registering {kind} {name!r}; drop it: the modality is "
+                f"the class attribute modality"
             )
+        try:
+            entry = make(name, obj, plugin=plugin, **kwargs)
+        except TypeError as exc:
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} with bad arguments: {exc}") from exc
         if name in table:
             raise DuplicateNameError(
                 f"{kind} {name!r} is registered by both plugin {table[name].plugin!r} and plugin {plugin!r}; "
@@ -91,20 +131,18 @@ def _call_each(hook_name: str, kind: str, table: dict[str, Any], make: Callable[
 
 
 def get_registry() -> Registry:
-    """The registry, built on first use from every loaded plugin."""
+    """The registry, built on first use from every loaded plugin (and again after plugins change)."""
     global _registry
-    if _registry is None:
+    from tlkit.host.manager import generation
+
+    current = generation()
+    if _registry is None or _registry[0] != current:
         reg = Registry()
         _call_each("tlkit_register_backbones", "backbone", reg.backbones, BackboneEntry)
         _call_each("tlkit_register_heads", "head", reg.heads, HeadEntry)
         _call_each("tlkit_register_readers", "reader", reg.readers, ReaderEntry)
-        _registry = reg
-    return _registry
-
-
-def reset() -> None:
-    global _registry
-    _registry = None
+        _registry = (current, reg)
+    return _registry[1]
 
 
 def resolve_backbone(name: str) -> BackboneEntry:
@@ -116,7 +154,7 @@ def resolve_backbone(name: str) -> BackboneEntry:
         return reg.backbones[name]
     entry = get_plugin_manager().hook.tlkit_resolve_backbone(name=name)
     if entry is not None:
-        return entry
+        return entry  # type: ignore[no-any-return]
     known = list(reg.backbones) + [e.name for e in list_backbones(None)]
     raise UnknownNameError(
         "backbone", name, known, hint="see `tlkit backbones`; timm models are `timm/<arch>`, HF models `hf/<id or dir>`"

@@ -56,7 +56,8 @@ def _wrapper(model: TransferModel, names: list[str] | None) -> nn.Module:
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             batch = tensors[0] if names is None else dict(zip(names, tensors, strict=True))
-            return self.model(batch)
+            logits: torch.Tensor = self.model(batch)
+            return logits
 
     return Positional().eval()
 
@@ -131,11 +132,39 @@ def _run_onnx(path: Path, names: list[str], args: tuple[Any, ...]) -> tuple[Any,
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)[0], "onnxruntime"
+        outputs: Any = session.run(None, feeds)
+        return outputs[0], "onnxruntime"
     except ImportError:
         from onnx.reference import ReferenceEvaluator
 
-        return ReferenceEvaluator(str(path)).run(None, feeds)[0], "onnx.reference"
+        reference: Any = ReferenceEvaluator(str(path)).run(None, feeds)
+        return reference[0], "onnx.reference"
+
+
+def _check_export(
+    path: Path, format: str, names: list[str], args: tuple[Any, ...], expected: torch.Tensor
+) -> tuple[float, str]:
+    """Run the exported file on the example inputs; the largest logit difference from ``expected``, and the
+    runtime that ran it. Raises :class:`TlkitError` past :data:`TOLERANCE`."""
+    import torch
+
+    if format == "onnx":
+        out, checked_with = _run_onnx(path, names, args)
+        got = torch.as_tensor(out)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            with torch.inference_mode():
+                got = loaded(*args)
+        checked_with = "torch.jit.load"
+    diff = float((got.float() - expected).abs().max())
+    if not diff <= TOLERANCE:
+        raise TlkitError(
+            f"{path}: the exported model's logits differ from the original's by {diff:.3g} (> {TOLERANCE}); "
+            f"the model has operations the {format} exporter does not reproduce"
+        )
+    return diff, checked_with
 
 
 def export_model(
@@ -152,11 +181,12 @@ def export_model(
     """
     import torch
 
+    from tlkit.fileio import atomic_write_with
     from tlkit.runs.model import TransferModel
-    from tlkit.runs.rundir import atomic_write_with, write_json
+    from tlkit.runs.rundir import write_json
 
     if format not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise ConfigError(f"{{param}} must be one of {', '.join(FORMATS)}, not {format!r}", param="format")
     run_dir = Path(run_dir)
     model = TransferModel.from_run(run_dir, device="cpu")
     path = Path(output) if output else run_dir / f"model{SUFFIX[format]}"
@@ -172,26 +202,9 @@ def export_model(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, args, check_trace=False)
+            traced = torch.jit.trace(module, args, check_trace=False)  # type: ignore[no-untyped-call]
             atomic_write_with(path, lambda tmp: torch.jit.save(traced, tmp))
-    diff, checked_with = float("nan"), "not checked"
-    if check:
-        if format == "onnx":
-            got, checked_with = _run_onnx(path, names, args)
-            got = torch.as_tensor(got)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loaded = torch.jit.load(str(path), map_location="cpu")
-                with torch.inference_mode():
-                    got = loaded(*args)
-            checked_with = "torch.jit.load"
-        diff = float((got.float() - expected).abs().max())
-        if not diff <= TOLERANCE:
-            raise TlkitError(
-                f"{path}: the exported model's logits differ from the original's by {diff:.3g} (> {TOLERANCE}); "
-                f"the model has operations the {format} exporter does not reproduce"
-            )
+    diff, checked_with = _check_export(path, format, names, args, expected) if check else (float("nan"), "not checked")
     sidecar = path.with_name(path.name + ".json")
     spec = model.backbone_wrapper.spec
     write_json(

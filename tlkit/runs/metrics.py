@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @dataclass
@@ -38,24 +41,21 @@ class ClassificationReport:
         )
 
 
-def classification_report(
-    y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]
-) -> ClassificationReport:
+def classification_report(y_true: ArrayLike, y_pred: ArrayLike, class_names: Sequence[str]) -> ClassificationReport:
     """Compute the report with scikit-learn; classes absent from both arrays still get a row."""
     import numpy as np
     from sklearn import metrics
 
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
+    true, pred = np.asarray(y_true), np.asarray(y_pred)
     labels = list(range(len(class_names)))
-    p, r, f, s = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    p, r, f, s = metrics.precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
     present = s > 0
     return ClassificationReport(
-        accuracy=float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        accuracy=float(np.mean(true == pred)) if len(true) else 0.0,
         balanced_accuracy=float(r[present].mean()) if present.any() else 0.0,
         macro_f1=float(f[present].mean()) if present.any() else 0.0,
-        n=int(len(y_true)),
+        n=int(len(true)),
         per_class=[ClassReport(str(class_names[i]), float(p[i]), float(r[i]), float(f[i]), int(s[i])) for i in labels],
-        confusion=metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        confusion=metrics.confusion_matrix(true, pred, labels=labels).tolist(),
         class_names=[str(c) for c in class_names],
     )

@@ -33,7 +33,8 @@ class TransferModel(nn.Module):
             ``blocks()`` and the spec.
         class_names: class names in logit order (may be empty).
         config: the run config it was loaded from (``from_run``), else ``{}``.
-        bn_policy: the :class:`tlkit.finetuning.bn.BatchNormPolicy` re-applied after every ``train()``; ``None`` = plain torch.
+        bn_policy: the :class:`tlkit.finetuning.bn.BatchNormPolicy` re-applied after every ``train()``; ``None`` =
+            plain torch.
     """
 
     def __init__(
@@ -84,7 +85,8 @@ class TransferModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.backbone_wrapper.embed(batch))
+        logits: torch.Tensor = self.head(self.backbone_wrapper.embed(batch))
+        return logits
 
     def preprocess(self, items: Sequence[Any]) -> Batch:
         """Evaluation preprocessing of raw items into a batch (use with :meth:`forward`)."""
@@ -132,18 +134,13 @@ class TransferModel(nn.Module):
 
 
 def rebuild_backbone(backbone_cfg: dict[str, Any]) -> Backbone:
-    """The backbone of a run config's ``backbone`` section, built without pretrained weights where possible
+    """The loaded backbone of a run config's ``backbone`` section, built without pretrained weights where possible
     (the run's own weights replace them)."""
-    from tlkit.host.api import get_backbone
+    from tlkit.contract.backbone import WEIGHTS_NONE
+    from tlkit.host.api import backbone_from_record
 
-    name = backbone_cfg["name"]
-    options = dict(backbone_cfg.get("options") or {})
-    options.pop("weights", None)
     try:
-        backbone = get_backbone(name, weights="none", **options)
-        backbone.load()
-        return backbone
+        return backbone_from_record(backbone_cfg, weights=WEIGHTS_NONE).load()
     except Exception:  # some families cannot build without their original files (an HF config, say)
         pass
-    backbone = get_backbone(name, weights=backbone_cfg.get("weights", "pretrained"), **options)
-    return backbone.load()
+    return backbone_from_record(backbone_cfg).load()

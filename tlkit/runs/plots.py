@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tlkit.runs.rundir import atomic_write_with
+from tlkit.fileio import atomic_write_with
 
 
 def _pyplot() -> Any:

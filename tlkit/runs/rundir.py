@@ -1,4 +1,4 @@
-"""The run directory shared by ``tlkit train`` and ``tlkit finetune``, and atomic file writes.
+"""The run directory shared by ``tlkit train`` and ``tlkit finetune``: its layout, config, weights and metrics.
 
 Layout::
 
@@ -11,22 +11,22 @@ Layout::
       report.json        accuracy, balanced accuracy, macro-F1, per-class report, confusion matrix
       curves.png, confusion.png
 
-Every file is written atomically (temporary file, fsync, rename), so a crash never leaves a half-written file
-under its final name.
+Every file is written atomically (temporary file, fsync, rename: :mod:`tlkit.fileio`), so a crash never leaves a
+half-written file under its final name.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.errors import BadInputError
+from tlkit.errors import BadInputError, ConfigError
+from tlkit.fileio import atomic_write, atomic_write_with, writer_lock
 
 if TYPE_CHECKING:
     import torch
@@ -38,54 +38,16 @@ HEAD_WEIGHTS = "head.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 REPORT = "report.json"
+#: The lock file a writer of the run directory holds (``tlkit train``, ``tlkit finetune``).
+LOCK = ".lock"
 
 
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Any:
-    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def run_lock(run_dir: str | os.PathLike[str]) -> AbstractContextManager[None]:
+    """Hold ``RUN_DIR/.lock`` while in the ``with`` block; a second writer gets a clear :class:`ConfigError`.
 
-
-def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[str], None]) -> None:
-    """Let ``writer(tmp_path)`` write a file (libraries that want a path), then fsync and rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    The lock is an OS file lock (``flock``), so the kernel drops it when the holder dies, even by ``kill -9``.
+    """
+    return writer_lock(Path(run_dir) / LOCK, run_dir, noun="run directory", error=ConfigError)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -137,7 +99,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from exc
-    if config.get("format") != RUN_FORMAT:
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
         raise BadInputError(f"{path}: not a tlkit run config")
     if int(config.get("version", 0)) > RUN_FORMAT_VERSION:
         raise BadInputError(f"{path}: run format {config.get('version')} is newer than this tlkit; upgrade tlkit")

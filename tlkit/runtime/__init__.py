@@ -6,7 +6,7 @@ or CPU flags. Importing it does not import torch.
 """
 
 from tlkit.runtime.policy import PRECISIONS, STAGES, option_help
-from tlkit.runtime.resolve import Runtime, RuntimeOptions, resolve, resolve_device, resolve_precision
+from tlkit.runtime.resolution import Runtime, RuntimeOptions, resolve, resolve_device, resolve_precision
 
 __all__ = [
     "PRECISIONS",

@@ -67,11 +67,6 @@ def dist_env() -> DistEnv | None:
     return DistEnv(rank, world, local_rank, max(local_world, 1))
 
 
-def launched() -> bool:
-    """Whether this process is one of several started by torchrun (and ``TLKIT_DISTRIBUTED`` is not 0)."""
-    return dist_env() is not None
-
-
 def timeout_seconds(default: float) -> float:
     raw = os.environ.get(ENV_TIMEOUT)
     if not raw:
@@ -91,24 +86,6 @@ def backend_for(device: torch.device | str | None) -> str:
 
     kind = str(device or "cpu").split(":")[0].strip().lower()  # "auto" resolves to cuda:LOCAL_RANK when there is CUDA
     return "nccl" if kind == "cuda" and dist.is_nccl_available() else "gloo"
-
-
-def local_device(env: DistEnv, device: str | None) -> str:
-    """The device string a rank should use: ``auto``/``cuda`` become this node's ``cuda:LOCAL_RANK`` when CUDA is
-    there (one GPU per process); an explicit ``cuda:N`` or ``cpu`` is kept."""
-    import torch
-
-    spec = (device or "auto").strip().lower()
-    if spec in ("auto", "cuda") and torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if env.local_rank >= n:
-            raise ConfigError(
-                f"local rank {env.local_rank} has no GPU (this node has {n}); start at most {n} processes per node "
-                f"(torchrun --nproc-per-node {n})"
-            )
-        torch.cuda.set_device(env.local_rank)
-        return f"cuda:{env.local_rank}"
-    return spec
 
 
 @contextlib.contextmanager
@@ -188,25 +165,24 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
     """Element-wise sums over ranks of a few numbers (float64)."""
-    import torch
-    import torch.distributed as dist
-
-    if not _active():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, device, "SUM")
 
 
 def all_reduce_max(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise maxima over ranks of a few numbers (float64)."""
+    return _all_reduce(values, device, "MAX")
+
+
+def _all_reduce(values: list[float], device: torch.device | str, op: str) -> list[float]:
     import torch
     import torch.distributed as dist
 
     if not _active():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    result: list[float] = t.tolist()
+    return result
 
 
 def bits_sum(t: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,15 @@ from tlkit.testing.conformance import (
     assert_conformant,
     check_backbone,
 )
+from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 from tlkit.testing.samples import make_image_folder, sample_images, sample_texts
 
 __all__ = [
     "CHECKS",
     "CheckResult",
     "ConformanceReport",
+    "FakeImageBackbone",
+    "FakeTextBackbone",
     "assert_conformant",
     "check_backbone",
     "make_image_folder",

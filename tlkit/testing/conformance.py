@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlkit.contract.backbone import REQUIRED_PREPROCESS_KEYS, Backbone
+from tlkit.host.registry import MODALITIES
 
 CHECKS = (
+    "modality",
     "preprocess_config",
     "embedding_shape",
     "determinism",
@@ -72,6 +74,15 @@ def _cosines(a: Any, b: Any) -> Any:
     import torch
 
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+def check_modality(backbone: Backbone, items: Sequence[Any]) -> str:
+    declared = getattr(type(backbone), "modality", None)
+    if declared not in MODALITIES:
+        return f"the class attribute modality is {declared!r}; set it to one of {', '.join(MODALITIES)}"
+    if backbone.spec.modality != declared:
+        return f"spec.modality {backbone.spec.modality!r} differs from the class's modality {declared!r}"
+    return ""
 
 
 def check_preprocess_config(backbone: Backbone, items: Sequence[Any]) -> str:
@@ -184,6 +195,7 @@ def check_fingerprint_tracks_preprocess(backbone: Backbone, items: Sequence[Any]
 
 
 _FUNCS: dict[str, Callable[[Backbone, Sequence[Any]], str]] = {
+    "modality": check_modality,
     "preprocess_config": check_preprocess_config,
     "embedding_shape": check_embedding_shape,
     "determinism": check_determinism,

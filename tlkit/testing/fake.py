@@ -8,7 +8,7 @@ in milliseconds. ``weights="pretrained"`` and ``"none"`` both give a fixed seede
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tlkit.contract.backbone import Backbone, BackboneSpec, Block, blocks_from_prefixes
 
@@ -40,7 +40,7 @@ class FakeImageBackbone(Backbone):
     def spec(self) -> BackboneSpec:
         return BackboneSpec(
             name=self.name,
-            modality="image",
+            modality=self.modality,
             embed_dim=self.WIDTHS[-1],
             preprocess={**self.DEFAULT_PREPROCESS, **self.preprocess_overrides},
             pooling=self.pooling or "avg",
@@ -49,7 +49,7 @@ class FakeImageBackbone(Backbone):
             license="Apache-2.0",
         )
 
-    def _build(self) -> nn.Module:
+    def build_module(self) -> nn.Module:
         import torch
         from torch import nn
 
@@ -90,12 +90,13 @@ class FakeImageBackbone(Backbone):
         else:
             steps += [v2.Resize(size, antialias=True)]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"])]
-        return v2.Compose(steps)(item)
+        out: torch.Tensor = v2.Compose(steps)(item)
+        return out
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        m = self.module
+        m = cast("nn.ModuleDict", self.module)
         outs = [m["stem"](x)]
-        for stage in m["stages"]:
+        for stage in m["stages"].children():
             outs.append(stage(outs[-1]))
         return outs
 
@@ -129,7 +130,7 @@ class FakeTextBackbone(Backbone):
     def spec(self) -> BackboneSpec:
         return BackboneSpec(
             name=self.name,
-            modality="text",
+            modality=self.modality,
             embed_dim=self.DIM,
             preprocess={"tokenizer": "utf8-bytes", "max_length": 64, **self.preprocess_overrides},
             pooling=self.pooling or "mean",
@@ -138,7 +139,7 @@ class FakeTextBackbone(Backbone):
             license="Apache-2.0",
         )
 
-    def _build(self) -> nn.Module:
+    def build_module(self) -> nn.Module:
         import torch
         from torch import nn
 
@@ -175,10 +176,10 @@ class FakeTextBackbone(Backbone):
         return {"input_ids": ids, "attention_mask": mask}
 
     def _hidden(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        m = self.module
+        m = cast("nn.ModuleDict", self.module)
         h = m["embeddings"](batch["input_ids"])
         outs = [h]
-        for layer in m["layer"]:
+        for layer in m["layer"].children():
             h = h + layer(h).tanh()
             outs.append(h)
         return outs

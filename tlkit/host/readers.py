@@ -1,4 +1,4 @@
-"""Choosing a reader for a path and a modality."""
+"""Choosing a reader for a path and a modality, among the readers that plugins registered."""
 
 from __future__ import annotations
 

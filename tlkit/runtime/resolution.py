@@ -190,26 +190,26 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 def _batch_size(value: int | str | None, auto_start: int | None, backoff: bool) -> tuple[int | None, bool]:
     if value in (None, "auto"):
         return auto_start, backoff and auto_start is not None
-    try:
-        b = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{{param}} must be auto or a positive integer, not {value!r}", param="batch_size") from None
-    if b < 1:
-        raise ConfigError(f"{{param}} must be positive, not {b}", param="batch_size")
-    return b, False
+    return _count(value, "batch_size", minimum=1), False
 
 
 def _workers(value: int | str | None, cap: int, ranks_on_node: int) -> int:
     if value in (None, "auto"):
         # One core stays with each rank's main process; a node's cores are shared between its ranks.
         return min(cap, max(probe.cpu_count() // max(ranks_on_node, 1) - 1, 0))
+    return _count(value, "workers", minimum=0)
+
+
+def _count(value: int | str | None, param: str, minimum: int) -> int:
+    """An explicit integer option: ``auto`` or an integer of at least ``minimum``."""
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
     try:
-        w = int(value)
+        n = int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"{{param}} must be auto or a non-negative integer, not {value!r}", param="workers") from None
-    if w < 0:
-        raise ConfigError(f"{{param}} must be >= 0, not {w}", param="workers")
-    return w
+        raise ConfigError(f"{{param}} must be auto or {kind}, not {value!r}", param=param) from None
+    if n < minimum:
+        raise ConfigError(f"{{param}} must be auto or {kind}, not {n}", param=param)
+    return n
 
 
 __all__ = ["Runtime", "RuntimeOptions", "resolve", "resolve_device", "resolve_precision"]

@@ -16,3 +16,6 @@ for _module in (discover, extract, train, finetune):
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="tlkit")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,142 @@
+"""``tlkit cache verify``: check a cache end to end, without trusting anything in it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, work_dir_for
+from tlkit.cache.storage import h5py_module, le_bytes
+from tlkit.cache.workdir import describe_work
+from tlkit.errors import CacheError
+
+if TYPE_CHECKING:
+    import h5py
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    status: str  # "ok" | "incomplete" | "corrupt" | "missing"
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    items: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "status": self.status, "ok": self.ok, "items": self.items,
+                "problems": self.problems, "warnings": self.warnings}  # fmt: skip
+
+
+def verify_cache(path: str | os.PathLike[str], *, checksums: bool = True) -> VerifyReport:
+    """Check a cache end to end: completion marker, shapes, ids, labels, checksums, non-finite values."""
+    path = Path(path)
+    work = work_dir_for(path)
+    if not path.exists():
+        if work.exists():
+            return VerifyReport(path, "incomplete", [f"extraction interrupted: {describe_work(work)}; rerun the same "
+                                                     f"tlkit extract command to resume"])  # fmt: skip
+        return VerifyReport(path, "missing", [f"{path}: no such file"])
+    try:
+        f = h5py_module().File(path, "r")
+    except OSError as exc:
+        return VerifyReport(path, "corrupt", [f"not a readable HDF5 file ({str(exc).splitlines()[0]})"])
+    with f:
+        try:
+            meta = read_meta_attr(f, path)
+        except CacheError as exc:
+            return VerifyReport(path, "corrupt", [str(exc)])
+        rep = VerifyReport(path, "ok")
+        _check_file(f, meta, rep, checksums)
+    if work.exists():
+        rep.warnings.append(f"an interrupted update is pending ({describe_work(work)}); rerun tlkit extract to "
+                            f"finish it")  # fmt: skip
+    return rep
+
+
+def _check_file(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, checksums: bool) -> None:
+    if not meta.get("complete"):
+        rep.status = "incomplete"
+        rep.problems.append("no completion marker: the file was not finished; rerun tlkit extract")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        rep.problems.append(f"format version {meta.get('format_version')} is newer than this tlkit reads")
+    missing = [d for d in ("features", "labels", "ids") if d not in f]
+    if missing:
+        rep.status = "corrupt"
+        rep.problems.append(f"missing dataset(s): {', '.join(missing)}")
+        return
+    rep.items = int(f["features"].shape[0])
+    rep.problems.extend(_shape_problems(f, meta, rep.items))
+    if not rep.problems:
+        _check_contents(f, meta, rep, checksums)
+    if rep.problems and rep.status == "ok":
+        rep.status = "corrupt"
+
+
+def _shape_problems(f: h5py.File, meta: dict[str, Any], n: int) -> list[str]:
+    """Every dataset has N rows, and the metadata lists what the file holds."""
+    problems = []
+    expect = {"labels": (n,), "ids": (n,)}
+    if "stamps" in f:
+        expect["stamps"] = (n,)
+    for name in meta.get("layers", []):
+        key = f"layers/{layer_key(name)}"
+        if key not in f:
+            problems.append(f"layer {name!r} listed in metadata but {key} is missing")
+        elif f[key].shape[0] != n:
+            problems.append(f"{key} has {f[key].shape[0]} rows, features has {n}")
+    if meta.get("views"):
+        if "views" not in f:
+            problems.append("metadata lists views but the 'views' dataset is missing")
+        elif tuple(f["views"].shape) != (meta["views"], n, f["features"].shape[1]):
+            problems.append(f"views has shape {tuple(f['views'].shape)}, expected ({meta['views']}, {n}, D)")
+    for name, shape in expect.items():
+        if tuple(f[name].shape) != shape:
+            problems.append(f"{name} has shape {tuple(f[name].shape)}, expected {shape}")
+    if meta.get("n_items") is not None and meta["n_items"] != n:
+        problems.append(f"metadata says {meta['n_items']} items, features has {n}")
+    return problems
+
+
+def _check_contents(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, checksums: bool) -> None:
+    """Unique ids, labels in range, checksums that match, finite features; reads the data block by block."""
+    import numpy as np
+
+    n = int(rep.items or 0)
+    ids = list(f["ids"].asstr()[()])
+    if len(set(ids)) != len(ids):
+        rep.problems.append(f"{len(ids) - len(set(ids))} duplicate id(s)")
+    labels = f["labels"][()]
+    k = len(meta.get("class_names", []))
+    bad = int(((labels < -1) | (labels >= max(k, 0))).sum()) if len(labels) else 0
+    if bad:
+        rep.problems.append(f"{bad} label(s) outside -1..{k - 1}")
+    nonfinite = 0
+    sums = meta.get("checksums", {}) if checksums else {}
+    hashers = {name: hashlib.sha256() for name in sums}
+    datasets = ["features", *(f"layers/{layer_key(x)}" for x in meta.get("layers", []))]
+    for a in range(0, n, COPY_ROWS):
+        for name in datasets:
+            block = f[name][a : a + COPY_ROWS]
+            nonfinite += int((~np.isfinite(block)).any(axis=1).sum()) if name == "features" else 0
+            if name in hashers:
+                hashers[name].update(le_bytes(block))
+        for kk in range(int(meta.get("views") or 0)):
+            if f"views/{kk}" in hashers:
+                hashers[f"views/{kk}"].update(le_bytes(f["views"][kk, a : a + COPY_ROWS]))
+    if "ids" in hashers:
+        for i in ids:
+            hashers["ids"].update(i.encode("utf-8") + b"\n")
+    if "labels" in hashers:
+        hashers["labels"].update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    for name, h in hashers.items():
+        if h.hexdigest() != sums[name]:
+            rep.problems.append(f"checksum mismatch in {name}: the data changed after it was written")
+    if nonfinite:
+        rep.warnings.append(f"{nonfinite} row(s) of features contain NaN or inf")

@@ -1,0 +1,82 @@
+"""The forward side of extraction: a loaded backbone run on batches under the resolved runtime.
+
+:class:`Runner` moves batches to the device (``channels_last`` for convolutional image networks), embeds them under
+``torch.inference_mode`` and the runtime's autocast (the final embedding, chosen blocks and augmented views in one
+pass), and backs off on out-of-memory with :class:`tlkit.runtime.batching.Backoff`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tlkit.contract.backbone import Backbone
+from tlkit.runtime.batching import Backoff, prefers_channels_last, slice_batch, to_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from tlkit.runtime.resolution import Runtime
+
+#: The embeddings of one batch: the final features, the chosen blocks' pooled outputs, and one tensor per view.
+Embedded = tuple["torch.Tensor", dict[str, "torch.Tensor"], list["torch.Tensor"]]
+
+
+class Runner:
+    """Runs a loaded backbone on batches: device, autocast, ``channels_last``, out-of-memory back-off."""
+
+    def __init__(
+        self, backbone: Backbone, runtime: Runtime, layers: Sequence[str] = (), store_dtype: str = "float32"
+    ) -> None:
+        import torch
+
+        self.backbone, self.runtime, self.layers = backbone, runtime, list(layers)
+        self.backoff: Backoff[Embedded] = Backoff(runtime)
+        self.out_dtype = torch.float16 if store_dtype == "float16" else torch.float32
+        module = backbone.module
+        module.eval()
+        module.to(runtime.device)
+        self.channels_last = prefers_channels_last(module, backbone.modality)
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+
+    def to_device(self, batch: Any) -> Any:
+        return to_device(batch, self.runtime.device, self.channels_last)
+
+    def _forward_once(self, batch: Any, views: Sequence[Any]) -> Embedded:
+        import torch
+
+        with torch.inference_mode(), self.runtime.autocast():
+            if self.layers:
+                feats, lay = self.backbone.embed_layers(batch, self.layers)
+            else:
+                feats, lay = self.backbone.embed(batch), {}
+            vfeats = [self.backbone.embed(v) for v in views]
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(self.out_dtype)
+
+        return cast(feats), {k: cast(v) for k, v in lay.items()}, [cast(v) for v in vfeats]
+
+    def forward(self, batch: Any, views: Sequence[Any], n: int) -> Embedded:
+        """Embed one batch of ``n`` rows (already on the device). With ``auto`` batch size an out-of-memory error
+        halves the sub-batch and retries the same rows, so no batch is lost."""
+
+        def part(a: int, b: int) -> Embedded:
+            if a == 0 and b == n:
+                return self._forward_once(batch, views)
+            return self._forward_once(slice_batch(batch, a, b), [slice_batch(v, a, b) for v in views])
+
+        return self.backoff.run(n, part, _join)
+
+
+def _join(parts: Sequence[Embedded]) -> Embedded:
+    import torch
+
+    feats = torch.cat([p[0] for p in parts])
+    lay = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+    vf = [torch.cat([p[2][i] for p in parts]) for i in range(len(parts[0][2]))]
+    return feats, lay, vf
+
+
+__all__ = ["Embedded", "Runner"]
