@@ -22,7 +22,7 @@ CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 def write_images(
     root: Path, classes: int = 3, per_class: int = 8, size: tuple[int, int] = (36, 36), seed: int = 0
 ) -> Path:
-    from tlkit.testing.samples import make_image_folder
+    from tlkit.data.samples import make_image_folder
 
     return make_image_folder(root, classes=classes, per_class=per_class, size=size, seed=seed)
 

@@ -112,6 +112,41 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
+#: The stages in data-flow order. A module may import from its own package and from packages listed before it, never
+#: from one listed after it, so the tree reads top-down and a newcomer meets each concern after what it builds on.
+LAYERS = [
+    ["errors", "canonical", "fileio"],
+    ["data"],
+    ["contract"],
+    ["runtime"],
+    ["host"],
+    ["cache"],
+    ["extraction"],
+    ["runs"],
+    ["heads"],
+    ["finetuning"],
+    ["inference"],
+    ["plugin", "testing", "builtin", "sklearn", "demo"],
+    ["cli"],
+    ["tlkit", "__main__"],
+]
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else module
+    return next(i for i, names in enumerate(LAYERS) if part in names)
+
+
+def test_imports_point_down_the_stages() -> None:
+    upward = [f"{m} -> {d}" for m, deps in import_graph().items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert upward == []
+
+
+def test_every_package_has_a_layer() -> None:
+    for name in sources():
+        layer_of(name)  # StopIteration names a package missing from LAYERS
+
+
 def test_cycle_check_can_fail() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]

@@ -40,22 +40,22 @@ _LAZY = {
     "register_plugin": "tlkit.host.manager",
     "unregister_plugin": "tlkit.host.manager",
     "list_plugins": "tlkit.host.manager",
-    # heads on cached features, prediction and evaluation (the module is tlkit.runs.inference, so no submodule
-    # shadows the tlkit.predict function)
+    # heads on cached features; prediction, evaluation and export (tests/test_layout.py checks that no submodule
+    # shadows a public function)
     "train_head": "tlkit.heads",
     "TrainResult": "tlkit.heads",
-    "predict": "tlkit.runs.inference",
-    "evaluate": "tlkit.runs.inference",
-    "Predictions": "tlkit.runs.predictions",
-    "Evaluation": "tlkit.runs.predictions",
+    "predict": "tlkit.inference",
+    "evaluate": "tlkit.inference",
+    "Predictions": "tlkit.inference",
+    "Evaluation": "tlkit.inference",
     "run_demo": "tlkit.demo",
     # fine-tuning (the package is tlkit.finetuning, so no submodule shadows the tlkit.finetune function)
     "finetune": "tlkit.finetuning",
     "FinetuneResult": "tlkit.finetuning",
-    "TransferModel": "tlkit.runs.model",
+    "TransferModel": "tlkit.finetuning",
     "lr_find": "tlkit.finetuning",
-    "advise": "tlkit.runs.advice",
-    "export_model": "tlkit.runs.export",
+    "advise": "tlkit.finetuning",
+    "export_model": "tlkit.inference",
 }
 
 __all__ = ["TlkitError", "__version__", "hookimpl", *_LAZY]

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 import tlkit
 from tlkit.cli import cli
 from tlkit.data.base import Dataset, Record
+from tlkit.finetuning.advice import advise
 from tlkit.heads.torch_heads import build_head
-from tlkit.runs.advice import advise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

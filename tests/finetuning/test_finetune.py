@@ -11,8 +11,8 @@ from _ft_helpers import FAST, Recorder, image_data, write_head_run
 
 import tlkit
 from tlkit.errors import BadInputError, ConfigError, FingerprintMismatchError
+from tlkit.finetuning.model import TransferModel
 from tlkit.heads.torch_heads import build_head
-from tlkit.runs.model import TransferModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ from tlkit.cli import cli
 from tlkit.errors import ConfigError
 from tlkit.finetuning.bn import BatchNormPolicy, bn_block_map
 from tlkit.finetuning.freeze import freeze_preview, resolve_unfreeze
+from tlkit.finetuning.model import TransferModel
 from tlkit.finetuning.optim import backbone_rate, block_rates, build_param_groups, make_optimizer, set_group_rates
 from tlkit.heads.torch_heads import build_head
-from tlkit.runs.model import TransferModel
 
 NAMES = ["embeddings", "layer.0", "layer.1", "layer.10", "layer.11", "pooler"]
 

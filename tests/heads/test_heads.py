@@ -12,7 +12,7 @@ import tlkit
 from tlkit.errors import BadInputError, ConfigError, UnknownNameError
 from tlkit.heads import train_head
 from tlkit.heads.torch_heads import build_head, parse_params, split_head_name
-from tlkit.runs.inference import load_head_run
+from tlkit.inference.prediction import load_head_run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import tlkit
 from tlkit.cli import cli
 from tlkit.errors import BadInputError, ConfigError
-from tlkit.runs.model import TransferModel
+from tlkit.finetuning.model import TransferModel
 from tlkit.testing import sample_images, sample_texts
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")]

@@ -14,7 +14,7 @@ from _heads_helpers import PlantedBackbone, image_split, make_cache, timm_backbo
 import tlkit
 from tlkit.errors import BadInputError, FingerprintMismatchError
 from tlkit.heads import train_head
-from tlkit.runs import Evaluation, Predictions
+from tlkit.inference import Evaluation, Predictions
 
 
 @pytest.fixture(scope="module")

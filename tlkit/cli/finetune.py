@@ -351,7 +351,7 @@ def advise_cmd(
     as_json: bool,
 ) -> None:
     """Recommend feature extraction or fine-tuning for TRAIN, with the commands to run and why."""
-    from tlkit.runs.advice import advise
+    from tlkit.finetuning.advice import advise
 
     advice = advise(
         train,
@@ -386,7 +386,7 @@ def advise_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def export_cmd(run_dir: pathlib.Path, fmt: str, output: pathlib.Path | None, no_check: bool, as_json: bool) -> None:
     """Export a fine-tuned run as ONNX or TorchScript (inputs: preprocessed batches; output: logits)."""
-    from tlkit.runs.export import export_model
+    from tlkit.inference.export import export_model
 
     result = export_model(run_dir, fmt, output, check=not no_check)
     if as_json:

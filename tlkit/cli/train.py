@@ -286,7 +286,7 @@ def predict_cmd(
     Raw items are extracted with the run's backbone first; a cache must come from the same backbone (its
     fingerprint is checked).
     """
-    from tlkit.runs.inference import predict
+    from tlkit.inference.prediction import predict
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
@@ -319,7 +319,7 @@ def evaluate_cmd(
 
     Writes report.json, predictions.csv and confusion.png to --output-dir (default RUN_DIR/eval-<input name>).
     """
-    from tlkit.runs.inference import evaluate
+    from tlkit.inference.prediction import evaluate
 
     out = output_dir or run_dir / f"eval-{input.stem or input.name}"
     with contextlib.closing(ExtractProgress(quiet or as_json)) as progress:

@@ -19,7 +19,7 @@ from tlkit.errors import BadInputError, UnknownNameError
 
 if TYPE_CHECKING:
     from tlkit.heads import TrainResult
-    from tlkit.runs import Evaluation
+    from tlkit.inference import Evaluation
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_BACKBONE = "effnet/lite0"
@@ -84,7 +84,7 @@ def run_demo(
     from tlkit.extraction import extract
     from tlkit.heads import train_head
     from tlkit.host.api import get_backbone
-    from tlkit.runs.inference import evaluate
+    from tlkit.inference.prediction import evaluate
 
     started = time.perf_counter()
     say = log or (lambda msg: None)

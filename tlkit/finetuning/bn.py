@@ -8,8 +8,9 @@ pretrained and their affine parameters do not train. In **trainable** blocks the
 - ``train``: ordinary training mode, statistics update and γ/β train.
 
 ``model.train()`` puts every sub-module back into training mode, which would silently start updating the frozen
-statistics (the bug class of Lightning issue 21531). :class:`tlkit.runs.model.TransferModel` therefore re-applies the
-policy inside its own ``train()``, so every call, including one made by a wrapper such as DDP, keeps it.
+statistics (the bug class of Lightning issue 21531). :class:`tlkit.finetuning.model.TransferModel` therefore
+re-applies the policy inside its own ``train()``, so every call, including one made by a wrapper such as DDP, keeps
+it.
 """
 
 from __future__ import annotations

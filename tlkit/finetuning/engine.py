@@ -1,6 +1,6 @@
 """The fine-tuning engine: :class:`Finetuner` trains one run on one process. Use :func:`tlkit.finetune`.
 
-One run: a backbone plus a head (:class:`tlkit.runs.model.TransferModel`) trained on raw items, with
+One run: a backbone plus a head (:class:`tlkit.finetuning.model.TransferModel`) trained on raw items, with
 
 - a plan of phases (:mod:`tlkit.finetuning.schedule`): head first, then blocks unfrozen from the top down;
 - discriminative learning rates over parameter groups created up front (:mod:`tlkit.finetuning.optim`);

@@ -25,9 +25,9 @@ from tlkit.finetuning.schedule import Plan, gradual_plan, parse_schedule, simple
 if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone, Block
     from tlkit.data.base import Dataset
+    from tlkit.finetuning.model import TransferModel
     from tlkit.finetuning.probe_head import ProbeHead
     from tlkit.finetuning.run_files import RunFiles
-    from tlkit.runs.model import TransferModel
 
 
 def resolve_backbone(
@@ -64,7 +64,8 @@ class TrainingData:
 
 def load_data(backbone: Backbone, inputs: FinetuneInputs, opts: FinetuneOptions) -> TrainingData:
     """Open ``inputs.train`` (and ``inputs.val``), check the labels, and split off validation if none was given."""
-    from tlkit.finetuning.data import require_labels, stratified_split
+    from tlkit.data.split import stratified_split
+    from tlkit.finetuning.data import require_labels
 
     train = _open(inputs.train, backbone.modality, inputs)
     require_labels(train, "fine-tune on")
@@ -125,9 +126,9 @@ def build_model(backbone: Backbone, opts: FinetuneOptions, class_names: Sequence
     """Load the backbone and put a head on it: a random one, or the probe of ``opts.init_head``."""
     import torch
 
+    from tlkit.finetuning.model import TransferModel
     from tlkit.finetuning.probe_head import load_probe_head
     from tlkit.heads.torch_heads import build_head, is_fitted_head
-    from tlkit.runs.model import TransferModel
 
     probe = None
     head_name, head_params = opts.head or DEFAULT_HEAD, dict(opts.head_params)

@@ -255,7 +255,7 @@ def split_rows(source: FeatureSource, rows: np.ndarray, fraction: float, seed: i
     """A stratified (train, val) split of ``rows``; a clear error when a class has too few items."""
     import numpy as np
 
-    from tlkit.finetuning.data import stratified_split
+    from tlkit.data.split import stratified_split
 
     labels = np.asarray(source.labels)[rows]
     train, val = stratified_split(labels.tolist(), fraction, seed, source.class_names)

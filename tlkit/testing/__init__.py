@@ -1,5 +1,6 @@
 """Testing helpers for tlkit and its plugin authors: fake backbones, the conformance kit, sample data makers."""
 
+from tlkit.data.samples import make_image_folder, sample_images, sample_texts
 from tlkit.testing.conformance import (
     CHECKS,
     CheckResult,
@@ -8,7 +9,6 @@ from tlkit.testing.conformance import (
     check_backbone,
 )
 from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
-from tlkit.testing.samples import make_image_folder, sample_images, sample_texts
 
 __all__ = [
     "CHECKS",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import BadInputError, ConfigError, FingerprintMismatchError
-from tlkit.runs.predictions import DEFAULT_TOP_K, Evaluation, Predictions
+from tlkit.inference.results import DEFAULT_TOP_K, Evaluation, Predictions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,8 +235,8 @@ def _finetuned(run_dir: Path, input_path: Path, runtime: Runtime) -> tuple[_Feat
     import torch
 
     from tlkit.finetuning.data import EpochSampler, ItemDataset, make_loader
+    from tlkit.finetuning.model import TransferModel
     from tlkit.host.readers import open_dataset
-    from tlkit.runs.model import TransferModel
     from tlkit.runtime.batching import Backoff, slice_batch, to_device
 
     if is_cache(input_path):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tlkit.runs.model import TransferModel
+    from tlkit.finetuning.model import TransferModel
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -67,11 +67,11 @@ def example_batch(model: TransferModel) -> Any:
     bb = model.backbone_wrapper
     modality = bb.spec.modality
     if modality == "image":
-        from tlkit.testing.samples import sample_images
+        from tlkit.data.samples import sample_images
 
         return bb.preprocess(sample_images(2), train=False)
     if modality == "text":
-        from tlkit.testing.samples import sample_texts
+        from tlkit.data.samples import sample_texts
 
         return bb.preprocess(sample_texts()[:2], train=False)
     if modality == "audio":
@@ -182,7 +182,7 @@ def export_model(
     import torch
 
     from tlkit.fileio import atomic_write_with
-    from tlkit.runs.model import TransferModel
+    from tlkit.finetuning.model import TransferModel
     from tlkit.runs.rundir import write_json
 
     if format not in FORMATS:
