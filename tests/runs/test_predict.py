@@ -12,7 +12,7 @@ import pytest
 from _heads_helpers import PlantedBackbone, image_split, make_cache, timm_backbone, timm_weights
 
 import tlkit
-from tlkit.errors import BadInputError, FingerprintMismatchError
+from tlkit.errors import BadInputError, ConfigError, FingerprintMismatchError
 from tlkit.heads import train_head
 from tlkit.inference import Evaluation, Predictions
 
@@ -107,6 +107,10 @@ def test_precision_is_recorded_at_fit_and_checked_at_predict(runs, tmp_path):
     run = tlkit.train_head(train, tmp_path / "run", val=cache, head="linear", epochs=3).run_dir
     from_files = tlkit.predict(run, runs["val_dir"], workers=0)
     assert np.allclose(from_files.probabilities, tlkit.predict(run, cache).probabilities, atol=1e-4)
+    # Asking for yet another precision would compute other features than the head saw: refused, naming the parameter.
+    assert tlkit.predict(run, runs["val_dir"], workers=0, precision=other).ids == from_files.ids
+    with pytest.raises(ConfigError, match=f"trained on {other} features; precision {recorded} would"):
+        tlkit.predict(run, runs["val_dir"], workers=0, precision=recorded)
 
 
 def test_class_order_is_matched_by_name(runs, tmp_path):
