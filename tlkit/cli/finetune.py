@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tlkit.cli.group import ProgressBar
 from tlkit.runtime.policy import PRECISIONS, option_help
 
 PATH = click.Path(path_type=pathlib.Path)
@@ -94,8 +95,7 @@ class _Progress:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar: Any = None
-        self.task: Any = None
+        self.bar: ProgressBar | None = None
 
     def __call__(self, ev: Any) -> None:
         if self.quiet:
@@ -110,13 +110,10 @@ class _Progress:
         elif ev.kind == "epoch_start":
             self._open(ev)
         elif ev.kind == "step" and self.bar is not None:
-            self.bar.update(
-                self.task,
-                completed=ev.step,
-                loss="-" if ev.loss is None else f"{ev.loss:.4f}",
-                acc="-" if ev.accuracy is None else f"{ev.accuracy:.3f}",
-                ips="-" if ev.items_per_s is None else f"{ev.items_per_s:.1f}",
-            )
+            loss = "-" if ev.loss is None else f"{ev.loss:.4f}"
+            acc = "-" if ev.accuracy is None else f"{ev.accuracy:.3f}"
+            ips = "-" if ev.items_per_s is None else f"{ev.items_per_s:.1f}"
+            self.bar.update(ev.step, f"loss {loss}  acc {acc}  {ips} items/s")
         elif ev.kind == "epoch_end":
             self._close()
             m = ev.metrics
@@ -127,24 +124,13 @@ class _Progress:
             click.echo(line, err=True)
 
     def _open(self, ev: Any) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn(f"epoch {ev.epoch}/{ev.epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[ips]} items/s"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
+        self.bar = ProgressBar(
+            f"epoch {ev.epoch}/{ev.epochs}", ev.steps, info="loss -  acc -  - items/s", remaining=True
         )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=ev.steps, loss="-", acc="-", ips="-")
 
     def _close(self) -> None:
         if self.bar is not None:
-            self.bar.stop()
+            self.bar.close()
             self.bar = None
 
 

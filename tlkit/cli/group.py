@@ -97,3 +97,41 @@ def print_table(columns: list[str], rows: list[list[Any]], title: str | None = N
     for row in rows:
         table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
     Console(soft_wrap=True).print(table)
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def draw_bars() -> bool:
+    """Bars only on a terminal: in logs and pipes a transient bar leaves nothing useful, only blank lines."""
+    return bool(stderr_console().is_terminal)
+
+
+class ProgressBar:
+    """One transient progress bar on stderr, started when made: a title, the bar, done/total, a free-text ``info``
+    field and a clock (time elapsed, or time remaining with ``remaining=True``). :meth:`close` removes it."""
+
+    def __init__(self, title: str, total: int, *, info: str = "", remaining: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        clock = TimeRemainingColumn() if remaining else TimeElapsedColumn()
+        columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), clock)
+        self.bar = Progress(*columns, console=stderr_console(), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(title, total=total, info=info)
+
+    def update(self, completed: int, info: str, total: int | None = None) -> None:
+        self.bar.update(self.task, completed=completed, total=total, info=info)
+
+    def close(self) -> None:
+        self.bar.stop()

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tlkit.cli.group import ProgressBar, draw_bars
 from tlkit.runtime.policy import PRECISIONS, option_help
 
 PATH = click.Path(path_type=pathlib.Path)
@@ -29,49 +30,11 @@ def _floats(text: str | None, option: str) -> list[float] | None:
         raise click.BadParameter(msg, param_hint=option) from None
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _draw_bars() -> bool:
-    """Bars only on a terminal: in logs and pipes a transient bar leaves nothing useful, only blank lines."""
-    return bool(_console().is_terminal)
-
-
-class ProgressBar:
-    """One transient progress bar on stderr, started when made: a title, the bar, done/total, a free-text ``info``
-    field and a clock (time elapsed, or time remaining with ``remaining=True``). :meth:`close` removes it."""
-
-    def __init__(self, title: str, total: int, *, info: str = "", remaining: bool = False) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        clock = TimeRemainingColumn() if remaining else TimeElapsedColumn()
-        columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), clock)
-        self.bar = Progress(*columns, console=_console(), transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task(title, total=total, info=info)
-
-    def update(self, completed: int, info: str, total: int | None = None) -> None:
-        self.bar.update(self.task, completed=completed, total=total, info=info)
-
-    def close(self) -> None:
-        self.bar.stop()
-
-
 class TrainProgress:
     """Draws :class:`tlkit.heads.TrainEvent` objects: a bar over epochs (or layers) with the latest scores."""
 
     def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet or not _draw_bars()
+        self.quiet = quiet or not draw_bars()
         self.bar: ProgressBar | None = None
         self.label = ""
 
@@ -114,7 +77,7 @@ class ExtractProgress:
     """Draws the extraction engine's :class:`tlkit.runtime.progress.ProgressEvent` objects as one bar with items/s."""
 
     def __init__(self, quiet: bool, title: str = "extract") -> None:
-        self.quiet = quiet or not _draw_bars()
+        self.quiet = quiet or not draw_bars()
         self.title = title
         self.bar: ProgressBar | None = None
 
