@@ -39,7 +39,7 @@ def test_extract_then_noop_then_refuse_mismatch(images, tmp_path):
     assert "items/s" in summary and " s, " in summary
     assert "skipped class_0/broken.jpg: not an image" in res.stderr
     res = invoke("extract", "fake/image", images, "-o", out, *FP32)
-    assert res.exit_code == 0 and "is up to date: 10 items, nothing to extract" in res.stdout
+    assert res.exit_code == 0 and "is up to date: 10 items (1 skipped), nothing to extract" in res.stdout
     res = invoke("extract", "fake/image", images, "-o", out, *FP32, "--store-dtype", "float16")
     assert res.exit_code == 1
     assert res.output.startswith("Error: ") and "store dtype" in res.output and "--overwrite" in res.output

@@ -25,6 +25,7 @@ from tlkit.cache.storage import (
     str_dtype,
     write_error,
 )
+from tlkit.data.ids import id_bytes
 from tlkit.errors import CacheError
 from tlkit.runtime.progress import ProgressCallback, ProgressEvent, emit
 
@@ -181,7 +182,7 @@ def _copy_rows(
         f["ids"][a:b] = as_str_array(ids_block)
         f["stamps"][a:b] = as_str_array(plan.stamps[a:b])
         for i in ids_block:
-            hashers["ids"].update(i.encode("utf-8") + b"\n")
+            hashers["ids"].update(id_bytes(i) + b"\n")
         emit(progress, ProgressEvent("assemble", b, n, elapsed=time.perf_counter() - started))
     return {k: h.hexdigest() for k, h in hashers.items()}
 

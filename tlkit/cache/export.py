@@ -10,6 +10,7 @@ from typing import Any
 from tlkit.cache.format import COPY_ROWS
 from tlkit.cache.reader import FeatureCache
 from tlkit.cache.storage import write_error
+from tlkit.data.ids import csv_cell
 from tlkit.errors import CacheError
 from tlkit.fileio import atomic_write_with
 
@@ -73,5 +74,10 @@ def _export_csv(fc: FeatureCache, src: Any, out: Path) -> None:
             for i, row in enumerate(block):
                 lab = int(labels[a + i])
                 w.writerow(
-                    [ids[a + i], lab, names[lab] if 0 <= lab < len(names) else "", *(repr(float(v)) for v in row)]
+                    [
+                        csv_cell(ids[a + i]),
+                        lab,
+                        csv_cell(names[lab]) if 0 <= lab < len(names) else "",
+                        *(repr(float(v)) for v in row),
+                    ]  # fmt: skip
                 )

@@ -55,6 +55,15 @@ def layer_key(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ids
+# ---------------------------------------------------------------------------------------------------------------
+def read_strings(dataset: Any) -> list[str]:
+    """An ``ids`` or ``stamps`` dataset as strings. Ids are stored as the bytes they stand for (UTF-8; a file name
+    that is not valid UTF-8 keeps its own bytes), read back surrogate-escaped, so ``os.fsencode(id)`` is the name."""
+    return list(dataset.asstr(errors="surrogateescape")[()])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # metadata
 # ---------------------------------------------------------------------------------------------------------------
 def dumps(data: Any) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, work_dir_for
+from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, read_strings
 from tlkit.cache.storage import h5py_module
-from tlkit.cache.workdir import describe_work
+from tlkit.cache.workdir import unfinished_cache
 from tlkit.errors import CacheError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -33,13 +33,8 @@ class FeatureCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            work = work_dir_for(self.path)
-            if work.exists():
-                raise CacheError(
-                    f"{self.path} is incomplete: an extraction into it was interrupted ({describe_work(work)}); "
-                    f"rerun the same tlkit extract command to resume"
-                )
-            raise CacheError(f"{self.path}: no such cache; create it with tlkit extract")
+            why = unfinished_cache(self.path)
+            raise CacheError(why or f"{self.path}: no such cache; create it with tlkit extract")
         self._file = _open(self.path)
         try:
             self.meta: dict[str, Any] = read_meta_attr(self._file, self.path)
@@ -90,14 +85,30 @@ class FeatureCache:
     def labels(self) -> np.ndarray:
         """``[N]`` int64 class indices into :attr:`class_names`, -1 when unlabelled."""
         if self._labels is None:
-            self._labels = self._file["labels"][()]
+            self._labels = self._checked_labels(self._file["labels"][()])
         return self._labels
+
+    def _checked_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The labels, after checking that each is a class index or -1: a damaged or hand-edited file is an error
+        that names the rows, never an index error (or a head trained on the wrong classes) later."""
+        import numpy as np
+
+        k = len(self.class_names)
+        bad = np.flatnonzero((labels < -1) | (labels >= k))
+        if len(bad):
+            ids = self.ids
+            first = ", ".join(f"{ids[i] if i < len(ids) else f'row {i}'}: {labels[i]}" for i in bad[:3].tolist())
+            raise CacheError(
+                f"{self.path}: {len(bad)} label index(es) outside -1..{k - 1} for its {k} class name(s) (first: "
+                f"{first}); the file is damaged or was edited: check it with tlkit cache verify and re-extract it"
+            )
+        return labels
 
     @property
     def ids(self) -> list[str]:
         """``[N]`` stable item ids (relative paths, ``file.csv:line``)."""
         if self._ids is None:
-            self._ids = list(self._file["ids"].asstr()[()])
+            self._ids = read_strings(self._file["ids"])
         return self._ids
 
     @property

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, work_dir_for
-from tlkit.cache.storage import h5py_module, le_bytes
-from tlkit.cache.workdir import describe_work
+from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, read_strings, work_dir_for
+from tlkit.cache.storage import h5py_module, le_bytes, live_writer
+from tlkit.cache.workdir import describe_work, unfinished_cache
+from tlkit.data.ids import id_bytes
 from tlkit.errors import CacheError
 
 if TYPE_CHECKING:
@@ -39,9 +40,9 @@ def verify_cache(path: str | os.PathLike[str], *, checksums: bool = True) -> Ver
     path = Path(path)
     work = work_dir_for(path)
     if not path.exists():
-        if work.exists():
-            return VerifyReport(path, "incomplete", [f"extraction interrupted: {describe_work(work)}; rerun the same "
-                                                     f"tlkit extract command to resume"])  # fmt: skip
+        why = unfinished_cache(path)
+        if why is not None:
+            return VerifyReport(path, "incomplete", [why])
         return VerifyReport(path, "missing", [f"{path}: no such file"])
     try:
         f = h5py_module().File(path, "r")
@@ -54,7 +55,11 @@ def verify_cache(path: str | os.PathLike[str], *, checksums: bool = True) -> Ver
             return VerifyReport(path, "corrupt", [str(exc)])
         rep = VerifyReport(path, "ok")
         _check_file(f, meta, rep, checksums)
-    if work.exists():
+    writer = live_writer(path)
+    if writer is not None:
+        rep.warnings.append(f"an update is being written by a live tlkit process ({writer}); it replaces this file "
+                            f"when it finishes")  # fmt: skip
+    elif work.exists():
         rep.warnings.append(f"an interrupted update is pending ({describe_work(work)}); rerun tlkit extract to "
                             f"finish it")  # fmt: skip
     return rep
@@ -109,7 +114,7 @@ def _check_contents(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, check
     import numpy as np
 
     n = int(rep.items or 0)
-    ids = list(f["ids"].asstr()[()])
+    ids = read_strings(f["ids"])
     if len(set(ids)) != len(ids):
         rep.problems.append(f"{len(ids) - len(set(ids))} duplicate id(s)")
     labels = f["labels"][()]
@@ -132,7 +137,7 @@ def _check_contents(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, check
                 hashers[f"views/{kk}"].update(le_bytes(f["views"][kk, a : a + COPY_ROWS]))
     if "ids" in hashers:
         for i in ids:
-            hashers["ids"].update(i.encode("utf-8") + b"\n")
+            hashers["ids"].update(id_bytes(i) + b"\n")
     if "labels" in hashers:
         hashers["labels"].update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
     for name, h in hashers.items():

@@ -14,13 +14,30 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit.cache.format import LIBVER, PLAN_FILE, SEGMENT_ATTR, WORK_SUFFIX, dumps, layer_key, work_dir_for
-from tlkit.cache.storage import as_str_array, estimate_bytes, h5py_module, reserve, str_dtype, write_error
+from tlkit.cache.format import (
+    LIBVER,
+    PLAN_FILE,
+    SEGMENT_ATTR,
+    WORK_SUFFIX,
+    dumps,
+    layer_key,
+    read_strings,
+    work_dir_for,
+)
+from tlkit.cache.storage import (
+    as_str_array,
+    estimate_bytes,
+    h5py_module,
+    live_writer,
+    reserve,
+    str_dtype,
+    write_error,
+)
 from tlkit.errors import CacheError
 from tlkit.fileio import atomic_write, atomic_write_with
 
@@ -99,6 +116,18 @@ class WorkDir:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def removed_if_empty_on_error(self, enabled: bool = True) -> Iterator[None]:
+        """Remove the folder when the ``with`` block fails before any segment was committed: a run that fails at
+        start (a backbone that cannot be built, the first item refused) leaves nothing to resume, and a stale
+        plan would refuse the corrected command."""
+        try:
+            yield
+        except BaseException:
+            if enabled and not any(self.path.glob("seg-*.h5")):
+                self.remove()
+            raise
+
     def segments(self, *, delete_bad: bool = True) -> list[Segment]:
         """Committed segments in order. Unreadable ones are deleted (their rows will be recomputed) when
         ``delete_bad``; read-only callers pass ``False``."""
@@ -118,7 +147,7 @@ class WorkDir:
     def _read_segment(p: Path) -> Segment:
         with h5py_module().File(p, "r") as f:
             info = json.loads(f.attrs[SEGMENT_ATTR])
-            ids = list(f["ids"].asstr()[()])
+            ids = read_strings(f["ids"])
             stamps = list(f["stamps"].asstr()[()])
             if len(ids) != info["rows"] or f["features"].shape[0] != info["rows"] or len(stamps) != len(ids):
                 raise CacheError(f"{p}: row counts disagree")
@@ -165,3 +194,20 @@ def describe_work(work: Path) -> str:
     total = plan.get("todo")
     of = f" of {total}" if total is not None else ""
     return f"{rows}{of} new items committed in {work.name}/"
+
+
+def unfinished_cache(path: str | os.PathLike[str]) -> str | None:
+    """Why a cache path holds no complete file yet, in one line with the fix, or ``None`` when nothing is under way:
+    a live writer (named by pid and host: wait for it), or an interrupted extraction (rerun it to resume)."""
+    path = Path(path)
+    work = work_dir_for(path)
+    writer = live_writer(path)
+    if writer is not None:
+        done = f"; {describe_work(work)}" if work.exists() else ""
+        return f"{path} is still being written by a live tlkit process ({writer}{done}); wait for it to finish"
+    if work.exists():
+        return (
+            f"{path} is incomplete: an extraction into it was interrupted ({describe_work(work)}); rerun the same "
+            f"tlkit extract command to resume"
+        )
+    return None

@@ -181,6 +181,7 @@ def _report(result: ExtractResult, output: pathlib.Path, as_json: bool) -> None:
                 "reused": result.n_reused,
                 "skipped": result.n_skipped,
                 "skipped_now": [s.to_dict() for s in result.skipped_now],
+                "unlabelled": result.unlabelled,
                 "flags": result.flags,
                 "seconds": round(result.seconds, 3),
                 "compute_seconds": round(result.compute_seconds, 3),
@@ -192,11 +193,21 @@ def _report(result: ExtractResult, output: pathlib.Path, as_json: bool) -> None:
             }
         )
         return
+    from tlkit.data.ids import display_id
+
     for s in result.skipped_now[:SHOW_SKIPPED]:
-        click.echo(f"skipped {s.id}: {s.reason}", err=True)
+        click.echo(f"skipped {display_id(s.id)}: {s.reason}", err=True)
     if len(result.skipped_now) > SHOW_SKIPPED:
         click.echo(
             f"... and {len(result.skipped_now) - SHOW_SKIPPED} more skipped (tlkit cache info {output} --json)",
+            err=True,
+        )
+    if result.unlabelled:
+        more = ", ..." if len(result.unlabelled) > 3 else ""
+        first = ", ".join(display_id(i) for i in result.unlabelled[:3]) + more
+        click.echo(
+            f"note: {len(result.unlabelled)} item(s) have no label ({first}); they are stored unlabelled, and "
+            "training leaves them out",
             err=True,
         )
     click.echo(result.summary())
@@ -248,8 +259,10 @@ def cache_info_cmd(cache: pathlib.Path, as_json: bool) -> None:
         rows.append(("shard", f"{info['shard']['index']}/{info['shard']['count']}"))
     for key, value in rows:
         click.echo(f"{key:12} {value}")
+    from tlkit.data.ids import display_id
+
     for s in info["skipped"][:SHOW_SKIPPED]:
-        click.echo(f"  skipped {s['id']}: {s['reason']}")
+        click.echo(f"  skipped {display_id(s['id'])}: {s['reason']}")
 
 
 @cache_group.command("verify")

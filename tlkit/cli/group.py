@@ -7,7 +7,9 @@ stays fast. Library errors (:class:`tlkit.errors.TlkitError`) become one-line me
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -31,12 +33,10 @@ class TlkitGroup(click.Group):
     def _add_plugin_commands(self) -> None:
         if self.parent_is_root and not TlkitGroup._plugins_added:
             TlkitGroup._plugins_added = True
-            from tlkit.host.manager import get_plugin_manager
+            warnings.formatwarning = _format_warning
+            from tlkit.host.manager import register_commands
 
-            try:
-                get_plugin_manager().hook.tlkit_register_commands(cli=self)
-            except TlkitError as exc:
-                click.echo(f"warning: {exc}", err=True)
+            register_commands(self)  # each plugin on its own: a failing one is marked broken, with a warning
 
     @property
     def parent_is_root(self) -> bool:
@@ -66,7 +66,23 @@ class TlkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TlkitError as exc:
+            if os.environ.get("TLKIT_DEBUG", "") not in ("", "0"):
+                traceback.print_exc()
             raise click.ClickException(self._message(ctx, exc)) from None
+        except ImportError as exc:  # a plugin's missing dependency is one line; tlkit's own stays a traceback
+            from tlkit.host.manager import debug, explain_import_error
+
+            missing = explain_import_error(exc)
+            if missing is None or debug():
+                raise
+            raise click.ClickException(str(missing)) from None
+        except (RuntimeError, MemoryError) as exc:  # out of memory or shared memory outside the library's checks
+            from tlkit.runtime.batching import resource_error
+
+            short = resource_error(exc)
+            if short is None or os.environ.get("TLKIT_DEBUG", "") not in ("", "0"):
+                raise
+            raise click.ClickException(self._message(ctx, short)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

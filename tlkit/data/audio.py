@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import Reader, Record
+from tlkit.data.listing import os_error_reason
 from tlkit.errors import BadItemError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
@@ -63,14 +64,17 @@ def decode_audio(path: str | Path, item_id: str | None = None) -> AudioClip:
 
     item_id = item_id or str(path)
     path = Path(path)
-    if not path.is_file():
-        raise BadItemError(item_id, "file not found")
-    if path.stat().st_size == 0:
+    try:
+        with open(path, "rb") as fh:  # the file system's errors first (they are retried on every run)
+            empty = not fh.read(1)
+    except IsADirectoryError as exc:
+        raise BadItemError(item_id, "a directory, not an audio file") from exc
+    except OSError as exc:
+        raise BadItemError(item_id, os_error_reason(exc)) from exc
+    if empty:
         raise BadItemError(item_id, "empty file (0 bytes)")
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except PermissionError as exc:
-        raise BadItemError(item_id, "permission denied") from exc
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         raise BadItemError(item_id, f"not a readable audio file, or corrupt ({exc})") from exc
     if data.shape[0] == 0:

@@ -7,7 +7,6 @@ Readers scan cheaply (no decoding) and decode one item at a time in :meth:`Reade
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -17,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlkit.data.listing import Skipped as Skipped  # re-exported: readers and the engine import it from here
+from tlkit.data.listing import os_error_reason, walk
+from tlkit.data.tables import Rows, csv_rows, read_text_file
 from tlkit.errors import BadInputError, BadItemError
 
 UNLABELLED = -1
@@ -33,15 +35,6 @@ class Record:
     label: int = UNLABELLED
     length: int | None = None  # a size for length bucketing (characters, audio frames), when cheap to know
     stamp: str = ""  # what changes when the item's content changes (size and mtime for files)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    id: str
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "reason": self.reason}
 
 
 @dataclass
@@ -68,7 +61,7 @@ class Dataset:
         h = hashlib.sha256()
         h.update(json.dumps({"classes": self.class_names, "reader": self.reader}, sort_keys=True).encode())
         for r in self.records:
-            h.update(f"{r.id}\0{r.label}\0{r.stamp}\n".encode())
+            h.update(f"{r.id}\0{r.label}\0{r.stamp}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()[:32]
 
     def subset(self, indices: Sequence[int]) -> Dataset:
@@ -114,92 +107,115 @@ class Reader(ABC):
         """Decode one record into a raw item for ``Backbone.preprocess_item``; raise BadItemError if it is bad."""
 
     # -- shared scanning ----------------------------------------------------------------------------------------
-    def _is_item(self, p: Path) -> bool:
-        return p.is_file() and p.suffix.lower() in self.extensions and not p.name.startswith(".")
+    def _is_item_name(self, name: str) -> bool:
+        return not name.startswith(".") and Path(name).suffix.lower() in self.extensions
 
-    def _record(self, root: Path, p: Path, label: int) -> Record:
-        try:
-            st = p.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = ""
-        return Record(
-            id=p.relative_to(root).as_posix(), source=str(p), label=label, length=self._length(p), stamp=stamp
-        )
+    def _is_item(self, p: Path) -> bool:
+        return p.is_file() and self._is_item_name(p.name)
+
+    def _record(self, root: Path, p: Path, label: int, stamp: str | None = None, item_id: str | None = None) -> Record:
+        if stamp is None:
+            try:
+                st = p.stat()
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = ""
+        rid = item_id if item_id is not None else p.relative_to(root).as_posix()
+        return Record(id=rid, source=str(p), label=label, length=self._length(p), stamp=stamp)
 
     def _length(self, p: Path) -> int | None:
         return None
 
     def _scan_folder(self, root: Path, options: dict[str, Any]) -> Dataset:
-        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        loose = sorted(p for p in root.iterdir() if self._is_item(p))
+        """Class folders (each non-hidden sub-folder that holds items is a class; files beside them are skip
+        records) or, when no sub-folder holds items, a flat unlabelled folder. See :mod:`tlkit.data.listing`."""
+        top = walk(root, root, self._is_item_name, top=True)
+        if top.skipped and top.skipped[0].id == "./":
+            raise BadInputError(f"{root}: {top.skipped[0].reason}")
         exts = ", ".join(self.extensions)
-        if subdirs and not loose:
-            records: list[Record] = []
-            empty = []
-            for label, d in enumerate(subdirs):
-                files = sorted(p for p in d.rglob("*") if self._is_item(p))
-                if not files:
-                    empty.append(d.name)
-                records.extend(self._record(root, p, label) for p in files)
-            if empty:
+        found = [(name, walk(root, d, self._is_item_name)) for name, d in top.folders]
+        skipped = list(top.skipped)
+        if not any(listing.files for _, listing in found):
+            for _, listing in found:
+                skipped += listing.skipped
+            if not top.files:
+                why = f" ({len(skipped)} skipped, first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
                 raise BadInputError(
-                    f"{root}: class folder(s) {', '.join(empty)} contain no {self.modality} files ({exts}); "
-                    f"add files or remove the folder(s)"
+                    f"{root}: no {self.modality} files found ({exts}){why}; check the path and extensions"
                 )
-            classes = [d.name for d in subdirs]
-            if len(classes) == 1 and not options.get("allow_single_class"):
-                raise BadInputError(
-                    f"{root}: only one class folder ({classes[0]}); a classifier needs at least two, or pass "
-                    f"the flat folder of files for unlabelled extraction"
-                )
-            return Dataset(root, self.name, self.modality, records, classes, options=_jsonable(options))
-        files = sorted(p for p in root.rglob("*") if self._is_item(p)) if not subdirs else loose
-        if not files:
-            raise BadInputError(f"{root}: no {self.modality} files found ({exts}); check the path and extensions")
-        records = [self._record(root, p, UNLABELLED) for p in files]
-        return Dataset(root, self.name, self.modality, records, [], options=_jsonable(options))
+            flat = [self._record(root, f.path, UNLABELLED, f.stamp) for f in top.files]
+            return Dataset(root, self.name, self.modality, flat, [], skipped, _jsonable(options))
+        empty = [name for name, listing in found if not listing.files and not listing.skipped]
+        if empty:
+            raise BadInputError(
+                f"{root}: class folder(s) {', '.join(empty)} contain no {self.modality} files ({exts}); "
+                f"add files or remove the folder(s)"
+            )
+        skipped += [
+            Skipped(f.path.name, f"outside the class folders (the sub-folders of {root.name} are the classes); "
+                    "move it into a class folder")
+            for f in top.files
+        ]  # fmt: skip
+        classes: list[str] = []
+        records = []
+        for name, listing in found:
+            skipped += listing.skipped
+            if listing.files:
+                records += [self._record(root, f.path, len(classes), f.stamp) for f in listing.files]
+                classes.append(name)
+        if len(classes) == 1 and not options.get("allow_single_class"):
+            raise BadInputError(
+                f"{root}: only one class folder ({classes[0]}); a classifier needs at least two, or pass "
+                f"the flat folder of files for unlabelled extraction"
+            )
+        return Dataset(root, self.name, self.modality, records, classes, skipped, _jsonable(options))
 
     def _scan_manifest(self, manifest: Path, options: dict[str, Any]) -> Dataset:
+        """A ``path[,label]`` CSV. Relative paths are relative to the manifest's folder; absolute paths are used
+        as they are. A path listed twice is a skip record (same label) or an error naming both lines."""
         path_col = options.get("path_column", "path")
         label_col = options.get("label_column", "label")
-        rows = read_table(manifest)
+        columns, rows, skipped = read_rows(manifest)
         if not rows:
             raise BadInputError(f"{manifest}: the manifest has no rows")
-        columns = list(rows[0].keys())
         if path_col not in columns:
             raise BadInputError(
                 f"{manifest}: no column {path_col!r}; columns are {', '.join(columns)} (set {{param}})",
                 param="path_column",
             )
         has_labels = label_col in columns
-        labels = sorted({r[label_col] for r in rows if r.get(label_col)}) if has_labels else []
+        labels = sorted({r[label_col] for _, r in rows if r.get(label_col)}) if has_labels else []
         index = {name: i for i, name in enumerate(labels)}
         base = manifest.parent
         records = []
-        skipped = []
-        for line, row in enumerate(rows, start=2):
+        first: dict[str, tuple[int, int]] = {}  # normalised path -> (line, label) of its first listing
+        for line, row in rows:
             rel = (row.get(path_col) or "").strip()
             if not rel:
                 skipped.append(Skipped(f"{manifest.name}:{line}", "empty path"))
                 continue
-            p = (base / rel) if not Path(rel).is_absolute() else Path(rel)
+            p = Path(rel).expanduser()
+            p = p if p.is_absolute() else base / p
             label = index[row[label_col]] if has_labels and row.get(label_col) else UNLABELLED
-            rec = self._record(base, p, label) if p.exists() else Record(rel, str(p), label)
-            records.append(Record(rel, rec.source, rec.label, rec.length, rec.stamp))
+            where = os.path.normpath(p)
+            if where in first:
+                line0, label0 = first[where]
+                if label0 != label:
+                    raise BadInputError(
+                        f"{manifest}:{line}: {rel} is listed again with another label (first at line {line0}); "
+                        "keep one line per item"
+                    )
+                skipped.append(Skipped(f"{manifest.name}:{line}", f"duplicate of line {line0} ({rel}); left out"))
+                continue
+            first[where] = (line, label)
+            records.append(self._record(base, p, label, item_id=rel))
         return Dataset(manifest, self.name, self.modality, records, labels, skipped, _jsonable(options))
 
 
-def read_table(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV/TSV file as dicts; encoding errors name the line."""
+def read_rows(path: Path) -> tuple[list[str], Rows, list[Skipped]]:
+    """Header, ``(line, row)`` pairs and skip records of a CSV/TSV file; problems name the line."""
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise BadInputError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); re-save the file as UTF-8") from exc
-    return list(csv.DictReader(text.splitlines(), delimiter=delimiter))
+    return csv_rows(path, read_text_file(path), delimiter)
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +234,8 @@ def load_or_skip(reader: Reader, record: Record) -> tuple[Any, str | None]:
         return reader.load(record), None
     except BadItemError as exc:
         return None, exc.reason
+    except OSError as exc:  # a reader that lets the file system's error through
+        return None, os_error_reason(exc)
     except Exception as exc:  # any decoder failure is a bad item, reported with its type
         return None, f"{type(exc).__name__}: {exc}"
 

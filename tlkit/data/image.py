@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import Reader, Record
+from tlkit.data.listing import os_error_reason
 from tlkit.errors import BadInputError, BadItemError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -56,6 +57,8 @@ def decode_image(path: str | os.PathLike[str], item_id: str | None = None) -> An
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadItemError(item_id, f"too large (decompression-bomb limit {MAX_IMAGE_PIXELS} pixels)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the file system's error, not the content's
+            raise BadItemError(item_id, os_error_reason(exc)) from exc
         raise BadItemError(item_id, f"truncated or corrupt image ({exc})") from exc
 
 

@@ -9,15 +9,13 @@ names the columns that exist, or the line at fault.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import UNLABELLED, Dataset, Reader, Record, Skipped, _jsonable
+from tlkit.data.listing import os_error_reason
+from tlkit.data.tables import csv_rows, jsonl_rows, read_text_file, utf8_problem
 from tlkit.errors import BadInputError
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
@@ -59,13 +57,13 @@ class TextReader(Reader):
         text_col = options.get("text_column") or DEFAULT_TEXT_COLUMN
         label_given = options.get("label_column")
         label_col = label_given or DEFAULT_LABEL_COLUMN
-        text = _read_utf8(path)
+        text = read_text_file(path)
         if path.suffix.lower() in JSONL_SUFFIXES:
-            rows, skipped = _jsonl_rows(path, text)
+            rows, skipped = jsonl_rows(path, text)
             columns = _columns(rows)
         else:
             delimiter = options.get("delimiter") or TABLE_SUFFIXES[path.suffix.lower()]
-            columns, rows, skipped = _table_rows(path, text, delimiter)
+            columns, rows, skipped = csv_rows(path, text, delimiter)
         if not columns:
             detail = f" ({len(skipped)} unreadable rows, first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
             raise BadInputError(f"{path}: no rows{detail}; expected a header or JSON objects with a {text_col!r} field")
@@ -90,6 +88,9 @@ class TextReader(Reader):
             if not body.strip():
                 skipped.append(Skipped(rid, f"empty {text_col!r}"))
                 continue
+            if not _encodable(body):
+                skipped.append(Skipped(rid, f"{text_col!r} holds a lone surrogate escape (\\udXXX), not text"))
+                continue
             label = row.get(label_col) if has_labels else None
             label = None if label is None or str(label).strip() == "" else str(label).strip()
             records.append(Record(rid, body, UNLABELLED, len(body), _stamp(body, label)))
@@ -108,91 +109,27 @@ class TextReader(Reader):
     def _scan_text_folder(self, root: Path, options: dict[str, Any]) -> Dataset:
         found = self._scan_folder(root, options)  # class layout, errors for empty classes, relative ids
         records: list[Record] = []
-        skipped: list[Skipped] = []
+        skipped: list[Skipped] = list(found.skipped)
         for r in found.records:
-            raw = Path(r.source).read_bytes()
+            try:
+                raw = Path(r.source).read_bytes()
+            except OSError as exc:
+                skipped.append(Skipped(r.id, os_error_reason(exc)))
+                continue
             try:
                 body = raw.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
-                skipped.append(Skipped(r.id, _utf8_problem(raw, exc) + "; re-save the file as UTF-8"))
+                skipped.append(Skipped(r.id, utf8_problem(raw, exc) + "; re-save the file as UTF-8"))
                 continue
             if not body.strip():
                 skipped.append(Skipped(r.id, "empty file"))
                 continue
             records.append(Record(r.id, body, r.label, len(body), _stamp(body, str(r.label))))
         if not records:
-            raise BadInputError(f"{root}: every .txt file is empty or unreadable; nothing to read")
+            first = f" (first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
+            raise BadInputError(f"{root}: every .txt file is empty or unreadable{first}; nothing to read")
         found.records, found.skipped = records, skipped
         return found
-
-
-def _read_utf8(path: Path) -> str:
-    """The file's text (UTF-8, an optional BOM stripped); an error naming the line of the first bad byte."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"{path}: {_utf8_problem(raw, exc)}; re-save the file as UTF-8") from exc
-
-
-def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
-    line = raw[: exc.start].count(b"\n") + 1
-    return f"line {line} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-
-
-Rows = list[tuple[int, dict[str, Any]]]
-
-
-def _table_rows(path: Path, text: str, delimiter: str) -> tuple[list[str], Rows, list[Skipped]]:
-    """The header and ``(start line, row)`` pairs of a CSV/TSV; quoted fields may span lines; blank lines are not
-    rows. Rows with more fields than the header are recorded as skipped."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return [], [], []
-    except csv.Error as exc:
-        raise BadInputError(f"{path}:1: malformed header ({exc})") from exc
-    rows: list[tuple[int, dict[str, Any]]] = []
-    skipped: list[Skipped] = []
-    start = reader.line_num + 1
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise BadInputError(f"{path}:{start}: malformed row ({exc}); check the quoting") from exc
-        if len(cells) > len(header):
-            skipped.append(Skipped(f"{path.name}:{start}", f"{len(cells)} fields but the header has {len(header)}"))
-        elif cells:
-            rows.append((start, dict(zip(header, cells, strict=False))))
-        start = reader.line_num + 1
-    return header, rows, skipped
-
-
-def _jsonl_rows(path: Path, text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Skipped]]:
-    rows: list[tuple[int, dict[str, Any]]] = []
-    skipped: list[Skipped] = []
-    for line, raw in _numbered_lines(text):
-        if not raw.strip():
-            continue
-        rid = f"{path.name}:{line}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            skipped.append(Skipped(rid, f"not valid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        if not isinstance(obj, dict):
-            skipped.append(Skipped(rid, f"a JSON {type(obj).__name__}, expected an object"))
-            continue
-        rows.append((line, obj))
-    return rows, skipped
-
-
-def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
-    for i, line in enumerate(text.split("\n"), start=1):
-        yield i, line.rstrip("\r")
 
 
 def _columns(rows: list[tuple[int, dict[str, Any]]]) -> list[str]:
@@ -212,4 +149,12 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 
 
 def _stamp(body: str, label: str | None) -> str:
-    return hashlib.sha1(f"{label}\0{body}".encode()).hexdigest()[:16]
+    return hashlib.sha1(f"{label}\0{body}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _encodable(body: str) -> bool:
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -21,7 +21,7 @@ from tlkit.data.base import Dataset, Reader, Record, Skipped, check_on_error
 from tlkit.errors import BadInputError, ConfigError
 from tlkit.extraction.distributed import extract_sharded
 from tlkit.extraction.engine import ExtractResult, run_job
-from tlkit.extraction.forward import Runner
+from tlkit.extraction.forward import NONFINITE_REASON, Runner
 from tlkit.extraction.loader import make_loader
 from tlkit.extraction.plan import ExtractOptions, batch_size_of, parse_shard, plan_job
 from tlkit.runtime.progress import ProgressCallback
@@ -127,7 +127,10 @@ def embed_records(
             feats, _, _ = runner.forward(runner.to_device(b.inputs), [], len(b.positions))
             arr = feats.float().cpu().numpy()
             for i, p in enumerate(b.positions):
-                out[p] = arr[i]
+                if np.isfinite(arr[i]).all():
+                    out[p] = arr[i]
+                else:  # never a NaN row: a named skip, as in a cache
+                    skipped.append(Skipped(records[p].id, NONFINITE_REASON))
     kept = sorted(out)
     dim = backbone.spec.embed_dim if not kept else out[kept[0]].shape[0]
     X = np.stack([out[p] for p in kept]) if kept else np.zeros((0, dim), np.float32)

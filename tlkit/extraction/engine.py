@@ -21,10 +21,11 @@ from typing import Any
 
 from tlkit.cache import FORMAT_NAME, FORMAT_VERSION, FeatureCache, key_mismatch
 from tlkit.cache.assemble import AssemblyPlan, assemble
-from tlkit.cache.format import timestamp
+from tlkit.cache.format import read_strings, timestamp
 from tlkit.cache.storage import write_error
 from tlkit.cache.workdir import Segment, WorkDir
-from tlkit.data.base import Record, Skipped
+from tlkit.data.base import UNLABELLED, Record, Skipped, load_or_skip
+from tlkit.data.listing import is_transient
 from tlkit.errors import BadInputError, CacheError, FingerprintMismatchError
 from tlkit.extraction.plan import ExtractJob, backbone_info, shard_range
 from tlkit.extraction.writer import Computed, compute_segments
@@ -42,7 +43,8 @@ class ExtractResult:
     n_computed: int  # items forwarded by this run
     n_reused: int  # rows taken from the existing cache or from an interrupted run
     n_skipped: int  # items recorded as unreadable in the cache
-    skipped_now: list[Skipped] = field(default_factory=list)
+    skipped_now: list[Skipped] = field(default_factory=list)  # the listing's skips and this run's unreadable items
+    unlabelled: list[str] = field(default_factory=list)  # ids without a label in a labelled dataset (kept as rows)
     flags: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = ""
@@ -59,7 +61,8 @@ class ExtractResult:
     def summary(self) -> str:
         """One line: items, skipped, seconds and items/s."""
         if self.status == "up-to-date":
-            return f"{self.path} is up to date: {self.n_items:,} items, nothing to extract"
+            skipped = f" ({self.n_skipped:,} skipped)" if self.n_skipped else ""
+            return f"{self.path} is up to date: {self.n_items:,} items{skipped}, nothing to extract"
         notes = [f"{self.n_computed:,} computed"]
         if self.n_reused:
             notes.append(f"{self.n_reused:,} reused")
@@ -131,7 +134,7 @@ def _read_base(output: Path, key: dict[str, Any], overwrite: bool) -> dict[str, 
         with FeatureCache(output) as fc:
             meta = fc.meta
             meta["_ids"] = fc.ids
-            meta["_stamps"] = list(fc.file["stamps"].asstr()[()]) if "stamps" in fc.file else [""] * len(fc)
+            meta["_stamps"] = read_strings(fc.file["stamps"]) if "stamps" in fc.file else [""] * len(fc)
             meta["_labels"] = fc.labels
     except CacheError as exc:
         if overwrite:
@@ -179,11 +182,21 @@ class _Known:
             self.have.pop(sk["id"], None)
 
     def known(self, rec: Record) -> bool:
+        """Whether ``rec`` needs no work: a row with its stamp, or a skip for its stamp whose reason is about the
+        content (a skip for a permission, missing-file or I/O error is retried on every run)."""
         h = self.have.get(rec.id)
         if h is not None and h[0] == rec.stamp:
             return True
         b = self.bad.get(rec.id)
-        return b is not None and b[0] == rec.stamp
+        return b is not None and b[0] == rec.stamp and not is_transient(b[1])
+
+    def still_failing(self, rec: Record, job: ExtractJob) -> bool:
+        """Retry a skip for a permission, missing-file or I/O error by decoding the item here: ``True`` when it
+        fails again for the same reason (nothing to recompute, so an unchanged input stays up to date)."""
+        b = self.bad.get(rec.id)
+        if b is None or b[0] != rec.stamp or not is_transient(b[1]):
+            return False
+        return load_or_skip(job.reader, rec)[1] == b[1]
 
     def final_rows(self, selection: Sequence[Record]) -> tuple[list[str], list[int], list[int]]:
         """``(ids, sources, rows)`` of the final cache, in selection order, bad items left out."""
@@ -227,19 +240,21 @@ class _Run:
         plan = self._resume_plan(work, base)
         segments = work.segments() if plan is not None else []
         known = self._known(base, reuse, segments)
-        todo = [rec for rec in self.selection if not known.known(rec)]
+        todo = [rec for rec in self.selection if not known.known(rec) and not known.still_failing(rec, self.job)]
         n_reused = len(self.selection) - len(todo)
         if not todo and base is not None and not segments:
             current = self._up_to_date(base, known, n_reused)
             if current is not None:
                 return current
-        if todo and plan is None:
+        fresh = bool(todo) and plan is None
+        if fresh:
             plan = {"format": "tlkit-work", "version": 1, "run_id": uuid.uuid4().hex, "key": self.job.key,
                     "window": self.job.window, "todo": len(todo), "target": self.output.name}  # fmt: skip
             work.start(plan)
         run_id = plan["run_id"] if plan is not None else uuid.uuid4().hex
         status = self._status(resumed=bool(segments), updated=base is not None)
-        computed = self._compute(work, todo, segments, known)
+        with work.removed_if_empty_on_error(fresh):  # a failed start leaves no stale work folder
+            computed = self._compute(work, todo, segments, known)
         table = self._table(known, base)
         skipped_all = self._skipped(known)
         if not table.ids:
@@ -249,7 +264,8 @@ class _Run:
         result = result_of(
             self.job, self.output, status, self.started, n_items=len(table.ids),
             n_computed=len(todo) - len(computed.skipped), n_reused=n_reused, n_skipped=len(skipped_all),
-            skipped_now=computed.skipped, flags=dict(computed.flags), compute_seconds=computed.seconds,
+            skipped_now=self._listing_skips() + computed.skipped, flags=dict(computed.flags),
+            compute_seconds=computed.seconds, unlabelled=self._unlabelled(),
         )  # fmt: skip
         emit(self.progress, ProgressEvent("done", len(table.ids), len(table.ids), len(skipped_all), result.seconds,
                                           result.summary()))  # fmt: skip
@@ -328,6 +344,7 @@ class _Run:
             and [by_id[i].label for i in final_ids] == [int(x) for x in base["_labels"]]
             and [by_id[i].stamp for i in final_ids] == list(base["_stamps"])
             and base.get("class_names") == list(self.job.dataset.class_names)
+            and [s for s in base.get("skipped", []) if "stamp" not in s] == [s.to_dict() for s in self._listing_skips()]
         ):
             return result_of(self.job, self.output, "up-to-date", self.started, n_items=len(final_ids), n_computed=0,
                              n_reused=len(final_ids), n_skipped=len(base.get("skipped", [])))  # fmt: skip
@@ -354,9 +371,17 @@ class _Run:
     def _skipped(self, known: _Known) -> list[dict[str, str]]:
         sel_ids = {r.id for r in self.selection}
         out = [{"id": i, "reason": reason, "stamp": stamp} for i, (stamp, reason) in known.bad.items() if i in sel_ids]
-        if self.shard is None or self.shard[0] == 0:  # the dataset's listing skips, recorded once
-            out += [s.to_dict() for s in self.job.dataset.skipped]
-        return out
+        return out + [s.to_dict() for s in self._listing_skips()]
+
+    def _listing_skips(self) -> list[Skipped]:
+        """What the reader left out while listing the data (recorded once, by shard 0 of a sharded run)."""
+        return list(self.job.dataset.skipped) if self.shard is None or self.shard[0] == 0 else []
+
+    def _unlabelled(self) -> list[str]:
+        """Ids of this run's items that have no label although the dataset has labels."""
+        if not self.job.dataset.labelled:
+            return []
+        return [r.id for r in self.selection if r.label == UNLABELLED]
 
     def _nothing_readable(self, skipped: list[dict[str, str]]) -> None:
         first = skipped[0] if skipped else None
@@ -389,6 +414,7 @@ class _Run:
                 "fingerprint": ds.fingerprint(),
                 "records": len(ds.records),
                 "limit": job.limit,
+                "unlabelled": len(self._unlabelled()),
                 "mode": "union" if self.keep_existing else "mirror",
             },
             "shard": {"index": self.shard[0], "count": self.shard[1], "window": job.window} if self.shard else None,

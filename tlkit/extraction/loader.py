@@ -11,23 +11,21 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tlkit.contract.backbone import Backbone
 from tlkit.data.base import Reader, Record, load_or_skip
-from tlkit.runtime.batching import tree_map
+from tlkit.runtime.batching import shared_memory_error, tree_map
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
     from tlkit.runtime.resolution import Runtime
 
 
 def view_seed(item_id: str, k: int, base: int = 0) -> int:
     """A per-item, per-view seed: views are reproducible and independent of batching, workers and resumes."""
-    digest = hashlib.sha256(f"{base}\0{item_id}\0{k}".encode()).digest()
+    digest = hashlib.sha256(f"{base}\0{item_id}\0{k}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -171,12 +169,13 @@ def make_loader(
     window: int,
     views: int = 0,
     seed: int = 0,
-) -> DataLoader[Batch]:
+) -> Iterator[Batch]:
     """The DataLoader over ``records``: windows of ``window`` positions in batches of ``batch``, with the
-    runtime's workers and pinned memory."""
+    runtime's workers and pinned memory. A worker that cannot pass a batch through shared memory (a file-size limit,
+    a full ``/dev/shm``) is a one-line :class:`tlkit.errors.ConfigError`, not a worker traceback."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(
+    loader: Iterable[Batch] = DataLoader(
         ItemSource(records, reader, backbone, views, seed),  # type: ignore[arg-type]
         batch_sampler=BatchPlan(len(records), window, batch, length_fn(records, reader, backbone)),
         num_workers=runtime.workers,
@@ -185,6 +184,17 @@ def make_loader(
         prefetch_factor=2 if runtime.workers else None,
         persistent_workers=False,
     )
+    return _shared_memory_checked(loader)
+
+
+def _shared_memory_checked(loader: Iterable[Batch]) -> Iterator[Batch]:
+    try:
+        yield from loader
+    except RuntimeError as exc:
+        error = shared_memory_error(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 __all__ = ["Batch", "BatchPlan", "ItemSource", "Loaded", "length_fn", "make_loader", "view_seed"]

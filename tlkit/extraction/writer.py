@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from tlkit.cache.workdir import SegmentData, WorkDir
 from tlkit.data.base import Record, Skipped
 from tlkit.errors import BadInputError
-from tlkit.extraction.forward import Runner
+from tlkit.extraction.forward import NONFINITE_REASON, Runner, finite_rows
 from tlkit.extraction.loader import Batch, make_loader
 from tlkit.extraction.plan import ExtractJob
 from tlkit.runtime.progress import ProgressCallback, ProgressEvent, emit
@@ -71,6 +71,7 @@ class WindowWriter(threading.Thread):
         self.queue: queue.Queue[tuple[str, int, _Rows | None] | None] = queue.Queue(maxsize=8)  # memory stays flat
         self.error: BaseException | None = None
         self.paths: list[Path] = []
+        self.nonfinite: list[int] = []  # positions whose embeddings held NaN/Inf, recorded as bad items
 
     def run(self) -> None:
         parts: dict[int, list[_Rows]] = {}
@@ -101,6 +102,7 @@ class WindowWriter(threading.Thread):
         for p in parts:
             if p.event is not None:
                 p.event.synchronize()
+            self._drop_nonfinite(p)
             positions += p.positions
             bad += p.bad
             flags.update(p.flags)
@@ -126,6 +128,20 @@ class WindowWriter(threading.Thread):
         self.paths.append(self.work.write_segment(self.seq, data))
         self.seq += 1
         self.on_commit(len(positions) + len(bad))
+
+    def _drop_nonfinite(self, p: _Rows) -> None:
+        """Rows whose embeddings hold NaN or Inf become bad items (named, with a reason): a cache never holds them."""
+        keep = finite_rows(p.features, p.layers, p.views) if p.features is not None else None
+        if keep is None or p.features is None:
+            return
+        flags = keep.tolist()
+        dropped = [pos for pos, k in zip(p.positions, flags, strict=True) if not k]
+        self.nonfinite += dropped
+        p.bad = p.bad + [(pos, NONFINITE_REASON) for pos in dropped]
+        p.positions = [pos for pos, k in zip(p.positions, flags, strict=True) if k]
+        p.features = p.features[keep]
+        p.layers = {k: v[keep] for k, v in p.layers.items()}
+        p.views = [v[keep] for v in p.views]
 
 
 def compute_segments(
@@ -168,6 +184,7 @@ def compute_segments(
         writer.join()
     if writer.error is not None:
         raise writer.error
+    out.skipped += [Skipped(todo[pos].id, NONFINITE_REASON) for pos in sorted(writer.nonfinite)]
     out.paths, out.seconds = writer.paths, time.perf_counter() - started
     return out
 

@@ -9,8 +9,9 @@
   counter, the optimizer's param groups and scalar state, the gradient scaler, the Python RNG and an argument digest.
 
 ``best.safetensors`` holds the best model so far (``model.*`` only). Both are written with an atomic rename, so a
-``kill -9`` leaves either the previous checkpoint or the new one, never a torn file. Loading uses
-``safetensors`` only; nothing is unpickled.
+``kill -9`` leaves either the previous checkpoint or the new one, never a torn file, and each has a checksum
+sidecar (``last.safetensors.sha256``, :mod:`tlkit.runs.checksums`) checked before it is read: a flipped byte is
+refused, never resumed from. Loading uses ``safetensors`` only; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -135,19 +136,37 @@ def save_model_only(path: str | os.PathLike[str], model: nn.Module, state: dict[
     save_tensors(path, model_tensors(model), metadata={META_KEY: json.dumps(state, default=float)})
 
 
+def checkpoint_fix(path: Path) -> str:
+    """What to do about a damaged checkpoint: delete it (and its checksum) and rerun."""
+    return (
+        f"delete {path.name} and {path.name}.sha256 in {path.parent} to restart the run from the beginning with "
+        f"--resume, or write a new run to another --output"
+    )
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without loading tensors."""
+    """The JSON metadata of a checkpoint, without loading tensors, after checking the file's checksum (the
+    complete previous version an interrupted write left is accepted: it is a consistent, earlier checkpoint)."""
     from safetensors import safe_open
 
+    from tlkit.runs.rundir import check_file
+
     path = Path(path)
+    fix = checkpoint_fix(path)
+    check_file(path, fix, accept_previous=True)
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
     except Exception as exc:
-        raise BadInputError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+        raise BadInputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); {fix}") from exc
     if raw is None:
-        raise BadInputError(f"{path}: not a tlkit checkpoint (no {META_KEY} metadata)")
-    meta: dict[str, Any] = json.loads(raw)
+        raise BadInputError(f"{path}: not a tlkit checkpoint (no {META_KEY} metadata); {fix}")
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise BadInputError(f"{path}: the checkpoint's metadata is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(meta, dict):
+        raise BadInputError(f"{path}: the checkpoint's metadata is not a JSON object; {fix}")
     return meta
 
 
@@ -155,7 +174,9 @@ def load_model_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The ``model.*`` tensors of a checkpoint, with the prefix removed (a ``TransferModel`` state dict)."""
     from tlkit.runs.rundir import load_tensors
 
-    return {k[6:]: v for k, v in load_tensors(path).items() if k.startswith("model.")}
+    path = Path(path)
+    tensors = load_tensors(path, checkpoint_fix(path), accept_previous=True)
+    return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def load_training_state(
@@ -165,9 +186,15 @@ def load_training_state(
     from tlkit.runs.rundir import load_tensors
 
     path = Path(path)
-    meta = read_meta(path)
-    tensors = load_tensors(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    meta = read_meta(path)  # checks the checksum
+    tensors = load_tensors(path, checkpoint_fix(path), verify=False)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    except RuntimeError as exc:
+        raise BadInputError(
+            f"{path}: the checkpoint's weights do not fit this model ({str(exc).splitlines()[0]}); "
+            f"{checkpoint_fix(path)}"
+        ) from exc
     saved_groups = [g.get("name") for g in meta["optimizer"]["param_groups"]]
     current = [g.get("name") for g in optimizer.param_groups]
     if saved_groups != current:

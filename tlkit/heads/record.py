@@ -31,9 +31,12 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Remove an earlier run's files, config first: a half-replaced run is never mistaken for a complete one."""
+    """Remove an earlier run's files (and their checksums), config first: a half-replaced run is never mistaken
+    for a complete one."""
+    from tlkit.runs.checksums import remove
+
     for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+        remove(run_dir / name)
 
 
 def backbone_section(cache: Any) -> dict[str, Any]:

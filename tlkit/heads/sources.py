@@ -63,7 +63,8 @@ def feature_source(
         names = list(class_names)
     features = cache.features if layer is None else cache.layer(layer)
     views = cache.views if layer is None else None
-    return FeatureSource(str(path), features, labels, names, views)
+    ids = (lambda: cache.ids) if hasattr(cache, "ids") else None
+    return FeatureSource(str(path), features, labels, names, views, ids)
 
 
 def candidate_layers(cache: Any, layer: str | None, path: Path) -> list[str | None]:

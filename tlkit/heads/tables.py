@@ -7,7 +7,7 @@ with views on, each item contributes one randomly chosen view per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ class FeatureSource:
     """One array of a cache, ready to be cut into tables.
 
     ``features`` is ``[N, D]`` and ``views`` ``[K, N, D]`` (h5py datasets or NumPy arrays); ``labels`` is ``[N]``
-    with -1 for unlabelled items.
+    with -1 for unlabelled items. ``ids`` gives the item ids, read only when an error names rows.
     """
 
     name: str
@@ -39,6 +39,7 @@ class FeatureSource:
     labels: np.ndarray
     class_names: list[str]
     views: Any | None = None
+    ids: Callable[[], Sequence[str]] | None = None
 
     @property
     def dim(self) -> int:
@@ -130,10 +131,14 @@ class FeatureTable:
         self._x: torch.Tensor | None = None
         self._views: torch.Tensor | None = None
         if self.in_memory:
-            self._x = self._read(source.features, self.rows).to(device)
+            x = self._read(source.features, self.rows)
+            views_x = [self._read(_ViewRows(source.views, v), self.rows) for v in range(k)]
+            check_finite(source, self.rows, [x, *views_x])
+            self._x = x.to(device)
             if self.use_views:
-                self._views = torch.stack([self._read(_ViewRows(source.views, v), self.rows) for v in range(k)])
-                self._views = self._views.to(device)
+                self._views = torch.stack(views_x).to(device)
+        else:
+            check_finite(source, self.rows, None, k)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -238,6 +243,41 @@ class FeatureTable:
         return self._read(self.source.features, self.rows).to(self.device)
 
 
+def check_finite(source: FeatureSource, rows: np.ndarray, loaded: Sequence[torch.Tensor] | None, k: int = 0) -> None:
+    """Refuse features that hold NaN or Inf: a head trained on them is NaN, and its accuracy a fluke. ``loaded``
+    holds the rows already read (features, then views); without it they are read in chunks (features and ``k``
+    views). The error names the cache, the count, the first ids and the fix."""
+    import numpy as np
+    import torch
+
+    if loaded is not None:
+        bad = torch.zeros(len(rows), dtype=torch.bool)
+        for x in loaded:
+            bad |= ~torch.isfinite(x).all(dim=1)
+    else:
+        arrays = [source.features, *(_ViewRows(source.views, v) for v in range(k))]
+        step = max(1, CHUNK_BYTES // (4 * source.dim))
+        parts = []
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            block = np.zeros(len(part), dtype=bool)
+            for array in arrays:
+                block |= ~np.isfinite(np.asarray(array[lo:hi], dtype=np.float32)[part - lo]).all(axis=1)
+            parts.append(torch.from_numpy(block))
+        bad = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+    if not bool(bad.any()):
+        return
+    where = rows[bad.numpy()]
+    names = source.ids() if source.ids is not None else None
+    first = ", ".join(names[int(i)] if names is not None else f"row {int(i)}" for i in where[:3])
+    raise BadInputError(
+        f"{source.name}: {len(where)} row(s) of features hold NaN or Inf (first: {first}); a head trained on them "
+        f"is meaningless. Find them with tlkit cache verify, then re-extract the cache (extraction now skips such "
+        f"items, named)"
+    )
+
+
 def labelled_rows(source: FeatureSource) -> np.ndarray:
     """Rows with a label; a clear error for a cache with none."""
     import numpy as np
@@ -247,6 +287,18 @@ def labelled_rows(source: FeatureSource) -> np.ndarray:
         raise BadInputError(
             f"{source.name}: the cache has no labels (every item is unlabelled); extract from class folders or a "
             f"manifest with a label column to train a head"
+        )
+    n_out = len(source.labels) - len(rows)
+    if n_out:
+        import warnings
+
+        first = ""
+        if source.ids is not None:
+            first = f" (first: {source.ids()[int(np.flatnonzero(np.asarray(source.labels) < 0)[0])]!r})"
+        warnings.warn(
+            f"{source.name}: {n_out} of {len(source.labels)} items have no label and are left out of training{first}",
+            UserWarning,
+            stacklevel=2,
         )
     return rows
 

@@ -88,31 +88,36 @@ class HeadRun:
         return head_probabilities(self.head, self.kind, x, len(self.class_names))
 
 
-def load_head_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> HeadRun:
+def load_head_run(
+    run_dir: str | os.PathLike[str], device: str | torch.device = "cpu", allow_estimators: Sequence[str] = ()
+) -> HeadRun:
     """Rebuild the head of a ``tlkit train`` run (torch heads from ``head.safetensors`` on ``device``, estimators
-    from ``head.skops``)."""
-    from tlkit.runs.rundir import HEAD_WEIGHTS, load_tensors, read_config
+    from ``head.skops``). The config's head is checked first (:func:`tlkit.heads.allow.check_head_record`) and each
+    file against its checksum; ``allow_estimators`` trusts more estimator classes (``--allow-estimator``)."""
+    from tlkit.heads.allow import check_head_record
+    from tlkit.heads.sklearn_head import ESTIMATOR_FILE, HEAD_FIX, allowing, load_estimator
+    from tlkit.runs.rundir import CONFIG, HEAD_WEIGHTS, load_tensors, read_config
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if config.get("kind") != HEAD_KIND:
         raise BadInputError(f"{run_dir}: a {config.get('kind')!r} run, not a head run written by tlkit train")
     head_cfg = config["head"]
-    kind = head_cfg.get("kind", "torch")
-    if kind == "estimator":
-        from tlkit.heads.sklearn_head import ESTIMATOR_FILE, load_estimator
-
-        return HeadRun(run_dir, config, load_estimator(run_dir / ESTIMATOR_FILE), kind)
+    with allowing(allow_estimators):
+        name, params = check_head_record(head_cfg, run_dir / CONFIG)
+        kind = head_cfg.get("kind", "torch")
+        if kind == "estimator":
+            return HeadRun(run_dir, config, load_estimator(run_dir / ESTIMATOR_FILE, checksum=True), kind)
     from tlkit.heads import build_head
     from tlkit.runtime import resolve_device
 
-    head = build_head(head_cfg["name"], int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **head_cfg["params"])
-    state = load_tensors(run_dir / HEAD_WEIGHTS)
+    head = build_head(name, int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **params)
+    state = load_tensors(run_dir / HEAD_WEIGHTS, HEAD_FIX)
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BadInputError(
-            f"{run_dir / HEAD_WEIGHTS}: weights do not fit head {head_cfg['name']} ({str(exc).splitlines()[0]}); "
+            f"{run_dir / HEAD_WEIGHTS}: weights do not fit head {name} ({str(exc).splitlines()[0]}); "
             f"the run directory is damaged"
         ) from exc
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -251,7 +256,7 @@ def _finetuned(run_dir: Path, input_path: Path, runtime: Runtime) -> tuple[_Feat
     loader = make_loader(items, batch_size, EpochSampler(len(items), 0, shuffle=False), runtime)
     probs = np.zeros((len(items), len(model.class_names)), dtype=np.float64)
     done = np.zeros(len(items), dtype=bool)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = [(s.id, s.reason) for s in dataset.skipped]  # named at listing time
     backoff: Backoff[torch.Tensor] = Backoff(runtime)
 
     def forward(inputs: Any, a: int, b: int) -> torch.Tensor:
@@ -286,6 +291,27 @@ def _align_labels(
     return remap_labels(
         labels, input_classes, run_classes, where=where, whose="the run's", fix="the head cannot predict them"
     )
+
+
+#: The skip reason of an item whose features (or the model's output) hold NaN or Inf: it gets no prediction.
+NONFINITE_REASON = "NaN/Inf features; no prediction (find them with tlkit cache verify, then re-extract)"
+
+
+def _drop_nonfinite(feats: _Features, probs: np.ndarray) -> tuple[_Features, np.ndarray]:
+    """Items whose features or probabilities are not finite become named skips instead of ``nan`` rows."""
+    import numpy as np
+
+    ok = np.isfinite(probs).all(axis=1)
+    if feats.x is not probs:
+        ok &= np.isfinite(np.asarray(feats.x)).all(axis=1)
+    if ok.all():
+        return feats, probs
+    flags = ok.tolist()
+    skipped = feats.skipped + [(i, NONFINITE_REASON) for i, good in zip(feats.ids, flags, strict=True) if not good]
+    kept = [i for i, good in zip(feats.ids, flags, strict=True) if good]
+    x = feats.x[ok] if feats.x is not probs else None
+    rest = _Features(kept, x, feats.labels[ok], feats.class_names, skipped)
+    return rest, probs[ok]
 
 
 # -- the API ---------------------------------------------------------------------------------------------------
@@ -331,6 +357,7 @@ def predict(
             runtime = _head_runtime(run, options)
             feats = _extract_raw(input_path, run, runtime, progress)
         class_names, probs = run.class_names, run.to(runtime.device).probabilities(feats.x)
+    feats, probs = _drop_nonfinite(feats, probs)
     labels = _align_labels(feats.labels, feats.class_names, class_names, input_path)
     result = Predictions(feats.ids, class_names, probs, labels, feats.skipped)
     if output is not None:

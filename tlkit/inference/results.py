@@ -73,10 +73,15 @@ class Predictions:
         return out
 
     def to_csv(self, path: str | os.PathLike[str], k: int = DEFAULT_TOP_K) -> Path:
-        """Write :meth:`rows` as CSV (atomically) and return the path."""
+        """Write :meth:`rows` as CSV (atomically) and return the path.
+
+        Text cells are spreadsheet-safe and valid UTF-8 (:func:`tlkit.data.ids.csv_cell`: a leading ``=``, ``+``,
+        ``-`` or ``@`` gets a ``'`` prefix; bytes of non-UTF-8 file names appear as ``\\xNN``). Skipped items are
+        listed in :func:`skipped_path` (``id,reason``); a stale listing from an earlier run is removed."""
+        from tlkit.data.ids import csv_cell
         from tlkit.fileio import atomic_write
 
-        rows = self.rows(k)
+        rows = [{c: csv_cell(v) if isinstance(v, str) else v for c, v in row.items()} for row in self.rows(k)]
         k = max(1, min(int(k), len(self.class_names)))
         columns = ["id", "predicted", "probability"] + (["label"] if self.labels is not None else [])
         columns += [c for j in range(1, k + 1) for c in (f"top{j}", f"top{j}_probability")]
@@ -84,7 +89,21 @@ class Predictions:
             writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
+        listing = skipped_path(path)
+        if self.skipped:
+            with atomic_write(listing, "w") as fh:
+                writer_ = csv.writer(fh, lineterminator="\n")
+                writer_.writerow(["id", "reason"])
+                writer_.writerows([csv_cell(i), csv_cell(reason)] for i, reason in self.skipped)
+        else:
+            listing.unlink(missing_ok=True)
         return Path(path)
+
+
+def skipped_path(path: str | os.PathLike[str]) -> Path:
+    """Where :meth:`Predictions.to_csv` lists the skipped items: ``NAME.skipped.csv`` beside ``NAME.csv``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.skipped.csv")
 
 
 @dataclass

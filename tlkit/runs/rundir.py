@@ -7,6 +7,7 @@ Layout::
                          head (name, kind, params, in_dim, n_classes), class_names, layer, training arguments
       head.safetensors   the head's weights (kind "head", torch heads)
       model.safetensors  backbone + head weights, keys "backbone.*" and "head.*" (kind "finetune")
+      *.sha256           a checksum beside each weights file (:mod:`tlkit.runs.checksums`), checked on load
       metrics.jsonl      one JSON object per epoch
       report.json        accuracy, balanced accuracy, macro-F1, per-class report, confusion matrix
       curves.png, confusion.png
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import BadInputError, ConfigError
-from tlkit.fileio import atomic_write, atomic_write_with, writer_lock
+from tlkit.fileio import atomic_write, writer_lock
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,8 @@ METRICS = "metrics.jsonl"
 REPORT = "report.json"
 #: The lock file a writer of the run directory holds (``tlkit train``, ``tlkit finetune``).
 LOCK = ".lock"
+#: What to do about a damaged weights file, unless the caller knows better.
+DAMAGED_FIX = "copy the run directory again, or rerun the training that wrote it"
 
 
 def run_lock(run_dir: str | os.PathLike[str]) -> AbstractContextManager[None]:
@@ -59,20 +62,53 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 def save_tensors(
     path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Atomically save tensors as safetensors (contiguous CPU copies; shared storage is cloned)."""
+    """Atomically save tensors as safetensors (contiguous CPU copies; shared storage is cloned), with a checksum
+    sidecar (:mod:`tlkit.runs.checksums`)."""
     from safetensors.torch import save_file
 
+    from tlkit.runs.checksums import write_checked
+
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
+    write_checked(path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
 
 
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _existing(path: str | os.PathLike[str], fix: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise BadInputError(f"{path}: weights file missing; is this a complete tlkit run directory?")
-    return load_file(str(path))
+        raise BadInputError(f"{path}: weights file missing; is this a complete tlkit run directory? {fix}")
+    return path
+
+
+def check_file(path: str | os.PathLike[str], fix: str, accept_previous: bool = False) -> Path:
+    """``path``, after checking that it exists and matches its recorded checksum; one-line errors naming ``fix``.
+
+    ``accept_previous``: take the complete earlier version a write left when it was interrupted (a checkpoint);
+    otherwise that is an "incomplete" error.
+    """
+    from tlkit.runs.checksums import verify
+
+    path = _existing(path, fix)
+    if verify(path, fix) == "previous" and not accept_previous:
+        raise BadInputError(
+            f"{path}: incomplete: tlkit was interrupted while replacing it (it is the version before the last "
+            f"write); {fix}"
+        )
+    return path
+
+
+def load_tensors(
+    path: str | os.PathLike[str], fix: str = DAMAGED_FIX, *, verify: bool = True, accept_previous: bool = False
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of a run, after its checksum (``verify``); a file that is not
+    safetensors (truncated, pickled, garbage) is a one-line :class:`BadInputError`, never a traceback."""
+    from safetensors.torch import load_file
+
+    path = check_file(path, fix, accept_previous) if verify else _existing(path, fix)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types (SafetensorError, OSError)
+        first = (str(exc).splitlines() or [""])[0]
+        raise BadInputError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {first}); {fix}") from exc
 
 
 def new_config(kind: str, **fields: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ same way.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -72,13 +73,80 @@ def slice_batch(obj: Any, a: int, b: int) -> Any:
     )
 
 
+#: What torch's allocators say when an allocation fails: CUDA and MPS ("out of memory"), the CPU allocator
+#: (c10/core/impl/alloc_cpu.cpp: "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error
+#: code 12 (Cannot allocate memory)"), tensor metadata ("Could not allocate memory for Tensor SizesAndStrides") and a
+#: C++ ``std::bad_alloc`` passed through as a RuntimeError.
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "could not allocate memory",
+    "std::bad_alloc",
+    "failed to allocate memory",
+)
+
+
 def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` reports that a device ran out of memory (CUDA, MPS or the CPU allocator)."""
+    """Whether ``exc`` reports that a device ran out of memory (CUDA, MPS or the CPU allocator).
+
+    A Python :class:`MemoryError` (NumPy's ``Unable to allocate`` among them) counts too: on the CPU the batch's
+    host arrays compete for the same memory as the forward pass.
+    """
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in OOM_MESSAGES)
+
+
+def oom_error(exc: BaseException, batch_size: int, device: object) -> ConfigError:
+    """The one-line error for an out-of-memory that cannot be retried smaller (a fixed batch size, or one row)."""
+    if batch_size <= 1:
+        fix = "free memory (other processes, a smaller model or input size) and rerun"
+        return ConfigError(f"out of memory on {device} even at {{param}} 1; {fix}", param="batch_size")
+    return ConfigError(
+        f"out of memory at batch size {batch_size} on {device}; lower {{param}} or set it to auto", param="batch_size"
+    )
+
+
+def shared_memory_error(exc: BaseException) -> ConfigError | None:
+    """The one-line error for a DataLoader worker that could not hand a batch over through shared memory (torch
+    writes it to a ``/dev/shm`` file: ``unable to write to file </torch_...>``, ``unable to resize file``), which
+    a file-size limit (``ulimit -f``) or a full ``/dev/shm`` causes; ``None`` for any other error."""
+    text = str(exc)
+    killed = "killed by signal: File size limit exceeded" in text  # a worker that did not ignore SIGXFSZ
+    if not isinstance(exc, RuntimeError) or not ("</torch_" in text or killed):
+        return None
+    detail = next((line for line in text.splitlines() if "</torch_" in line), text.splitlines()[0]).strip()
+    if killed or "File too large" in text or "(27)" in text:
+        why = "a file-size limit (ulimit -f) was reached"
+    elif "No space left" in text or "(28)" in text:
+        why = "/dev/shm is full"
+    else:
+        why = "shared memory could not be written"
+    return ConfigError(
+        f"DataLoader worker processes pass batches through shared memory in /dev/shm, and {why} ({detail}); "
+        "raise the limit or free /dev/shm, or set {param} 0 to decode in the main process, then rerun the same "
+        "command (finished work is kept)",
+        param="workers",
+    )
+
+
+def resource_error(exc: BaseException) -> ConfigError | None:
+    """A one-line error for running out of a resource outside the back-off (memory while decoding, collating or
+    writing; shared memory between DataLoader workers), or ``None``: what the CLI shows instead of a traceback."""
+    shared = shared_memory_error(exc)
+    if shared is not None or not isinstance(exc, RuntimeError | MemoryError):
+        return shared
+    if "torch" in sys.modules and is_oom(exc) or isinstance(exc, MemoryError):
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0].strip() or type(exc).__name__
+        return ConfigError(
+            f"out of memory ({detail}); lower {{param}} (or the number of workers), or free memory, and rerun",
+            param="batch_size",
+        )
+    return None
 
 
 def release_cached_memory(device: torch.device) -> None:
@@ -114,10 +182,7 @@ class Backoff(Generic[T]):
                 if not is_oom(exc):
                     raise
                 if not self.enabled or step <= 1:
-                    raise ConfigError(
-                        f"out of memory at batch size {step} on {self.device}; lower {{param}} or set it to auto",
-                        param="batch_size",
-                    ) from exc
+                    raise oom_error(exc, step if n > 1 else 1, self.device) from exc
                 step = max(1, min(step, n) // 2)
                 self.step = step
                 release_cached_memory(self.device)
@@ -126,8 +191,11 @@ class Backoff(Generic[T]):
 __all__ = [
     "Backoff",
     "is_oom",
+    "oom_error",
     "prefers_channels_last",
     "release_cached_memory",
+    "resource_error",
+    "shared_memory_error",
     "slice_batch",
     "to_device",
     "tree_map",
