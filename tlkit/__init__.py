@@ -39,7 +39,7 @@ _LAZY = {
     "verify_cache": "tlkit.cache",
     "register_plugin": "tlkit.host.manager",
     "unregister_plugin": "tlkit.host.manager",
-    "list_plugins": "tlkit.host.manager",
+    "list_plugins": "tlkit.host.api",
     # heads on cached features; prediction, evaluation and export (tests/test_layout.py checks that no submodule
     # shadows a public function)
     "train_head": "tlkit.heads",

@@ -3,7 +3,8 @@
 A plugin (the built-in timm, torchvision and transformers plugins included) imports only this module and
 :mod:`tlkit.testing`; the modules behind these names are internal and may move. Importing it does not import torch.
 
-- **the backbone contract**: :class:`Backbone` (subclass it; implement :meth:`Backbone.build_module` and friends),
+- **the backbone contract**: :class:`Backbone` (subclass it; implement :meth:`Backbone.build_module` and friends;
+  check options in :meth:`Backbone.validate`, the validation point the host calls before any data is read),
   :class:`ImageBackbone` (an image backbone with one transform per mode), :class:`BackboneSpec`, :class:`Block` and
   the helpers that build blocks, shapes-only models and content hashes;
 - **weights**: :func:`load_state_dict_file`, the one safe loader for local weight files;
@@ -12,8 +13,10 @@ A plugin (the built-in timm, torchvision and transformers plugins included) impo
   (:class:`RegisterBackbone`, :class:`RegisterHead`, :class:`RegisterReader`), :class:`BackboneEntry` (what
   ``tlkit_resolve_backbone`` and ``tlkit_list_backbones`` return) and :class:`BackboneFamily` (both hooks for a zoo
   of models under one name prefix);
-- **readers and decoding**: the reader base classes, :class:`Record`, :class:`Skipped`, image decoding
-  (:func:`as_rgb_image`) and audio helpers (:func:`decode_audio`, :func:`resample`, :func:`to_mono`);
+- **readers and decoding**: the reader base classes (the core :class:`TextReader` reads CSV, TSV and JSONL),
+  :class:`Record`, :class:`Skipped` (an entry a scan leaves out, with its reason), :class:`BadItemError` (raise it
+  from ``Reader.load`` for an item that cannot be decoded), image decoding (:func:`decode_image`,
+  :func:`as_rgb_image`) and audio helpers (:func:`decode_audio`, :func:`resample`, :func:`to_mono`);
 - **errors**: raise these, and the CLI shows them as one-line messages.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from tlkit.contract.augment import AUGMENT_KEYS, AUGMENT_NONE, AUGMENT_PRESETS, AUTO_AUGMENT_POLICIES, parse_augment
 from tlkit.contract.backbone import (
+    MODALITY_PREPROCESS_KEYS,
     REQUIRED_PREPROCESS_KEYS,
     WEIGHTS_NONE,
     WEIGHTS_PRETRAINED,
@@ -60,6 +64,7 @@ __all__ = [
     "Block",
     "ImageBackbone",
     "MODALITIES",
+    "MODALITY_PREPROCESS_KEYS",
     "REQUIRED_PREPROCESS_KEYS",
     "WEIGHTS_NONE",
     "WEIGHTS_PRETRAINED",

@@ -93,6 +93,12 @@ class HFAudioBackbone(HFBackbone):
         with self.loading("feature extractor"):
             return AutoFeatureExtractor.from_pretrained(ref, **kwargs)
 
+    def validate(self) -> None:
+        """Overridden rate and window settings are checked against the model here, not per item."""
+        super().validate()
+        if set(self.preprocess_overrides) & {"sample_rate", "window_seconds", "hop_seconds", "min_seconds"}:
+            self._settings()
+
     # -- preprocessing ------------------------------------------------------------------------------------------
     def _settings(self) -> tuple[int, int, int, int]:
         """``(rate, window, hop, minimum)`` in samples, checked against what the model accepts."""

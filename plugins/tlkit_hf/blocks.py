@@ -60,6 +60,8 @@ class BlockLayout:
     before: list[tuple[str, list[str]]] = field(default_factory=list)
     after: list[tuple[str, list[str]]] = field(default_factory=list)
     rest_label: str = "encoder"  # the single block for the layers when there is no layer list (ALBERT shares one)
+    #: blocks whose output the backbone's pooling never reads (the pooler under mean pooling): not offered for training
+    unused: Sequence[str] = ()
 
     def layer_block(self, i: int) -> str:
         return f"{self.layer_label}.{i}"
@@ -83,7 +85,8 @@ class BlockLayout:
                 continue
             target = first if (is_embedding_like(pname) and first != last) else last
             groups[names.index(target)][1].append(pname)
-        return blocks_from_prefixes(module, [(n, ps) for n, ps in groups if ps], last)
+        built = blocks_from_prefixes(module, [(n, ps) for n, ps in groups if ps], last)
+        return [Block(b.name, b.params, reaches_output=False) if b.name in self.unused else b for b in built]
 
     def layer_paths(self) -> dict[str, str]:
         """Block name -> module path of the layer whose output is that block's output."""

@@ -144,6 +144,12 @@ class HFTextBackbone(HFBackbone):
         with self.loading("tokenizer"):
             return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust, **kwargs)
 
+    def validate(self) -> None:
+        """An overridden ``max_length`` is checked against the model's position limit here, not per item."""
+        super().validate()
+        if "max_length" in self.preprocess_overrides:
+            self.max_length  # noqa: B018 - the property checks the value
+
     @property
     def max_length(self) -> int:
         value = int(self.spec.preprocess["max_length"])
@@ -211,7 +217,8 @@ class HFTextBackbone(HFBackbone):
         n_layers = int(getattr(self.hf_config, "num_hidden_layers", 0) or 0)
         before = [("embeddings", ["embeddings"] if has_child(module, "embeddings") else [])]
         after = [("pooler", ["pooler"])] if has_child(module, "pooler") else []
-        return BlockLayout(find_layer_list(module, n_layers), "layer", n_layers, before, after)
+        unused = () if self.spec.pooling == "pooler" else ("pooler",)  # other poolings never read the pooler
+        return BlockLayout(find_layer_list(module, n_layers), "layer", n_layers, before, after, unused=unused)
 
     def layer_paths(self) -> dict[str, str]:
         module = self.module

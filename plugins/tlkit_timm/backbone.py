@@ -84,6 +84,12 @@ class TimmBackbone(ImageBackbone):
             kwargs.setdefault("img_size", size)
         return kwargs
 
+    def validate(self) -> None:
+        """Unknown preprocessing keys are refused here; ``augment`` is checked by :class:`ImageBackbone`."""
+        super().validate()
+        if self.preprocess_overrides:
+            merge_overrides({}, self.preprocess_overrides, self.name)
+
     def _fixed_size_override(self) -> tuple[int, int] | None:
         """A new ``img_size`` for models built for one input size (ViTs) when ``input_size`` is overridden; timm
         resamples the position embeddings of loaded weights to match."""

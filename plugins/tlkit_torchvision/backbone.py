@@ -87,6 +87,12 @@ class TorchvisionBackbone(ImageBackbone):
             "crop_pct": round(crop / resize, 4),
         }
 
+    def validate(self) -> None:
+        """Preprocessing overrides (keys and values) are checked here, before any data is read."""
+        super().validate()
+        if self.preprocess_overrides:
+            self._preprocess_config()
+
     def _preprocess_config(self) -> dict[str, Any]:
         defaults = self.default_preprocess()
         over = dict(self.preprocess_overrides)

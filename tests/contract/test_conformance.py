@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tlkit.contract.backbone import Block
+from tlkit.errors import ConfigError
 from tlkit.testing import CHECKS, assert_conformant, check_backbone, sample_images, sample_texts
 from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 
@@ -66,6 +67,26 @@ class DoubleCounted(FakeImageBackbone):
         return [blocks[0], Block(blocks[1].name, blocks[1].params + blocks[0].params[:1]), *blocks[2:]]
 
 
+class UnusedBlock(FakeImageBackbone):
+    """A classifier layer the embedding never uses, still offered for training."""
+
+    def build_module(self):
+        module = super().build_module()
+        module.classifier = torch.nn.Linear(4, 2)
+        return module
+
+    def blocks(self):
+        head = ("classifier.weight", "classifier.bias")
+        body = [Block(b.name, tuple(p for p in b.params if p not in head)) for b in super().blocks()]
+        return [*body, Block("classifier", head)]
+
+
+class FlaggedButUsed(FakeImageBackbone):
+    def blocks(self):
+        blocks = super().blocks()
+        return [*blocks[:-1], Block(blocks[-1].name, blocks[-1].params, reaches_output=False)]
+
+
 class UnstableFingerprint(FakeImageBackbone):
     _counter = 0
 
@@ -100,6 +121,8 @@ BROKEN = [
     (BatchDependent, "batch_invariance"),
     (MissingParam, "blocks_cover_params"),
     (DoubleCounted, "blocks_cover_params"),
+    (UnusedBlock, "blocks_reach_output"),
+    (FlaggedButUsed, "blocks_reach_output"),
     (UnstableFingerprint, "fingerprint_stable"),
     (FingerprintIgnoresPreprocess, "fingerprint_tracks_preprocess"),
 ]
@@ -121,10 +144,43 @@ def test_a_crashing_check_is_a_failure_not_an_error(images):
             raise RuntimeError("boom")
 
     report = check_backbone(Crashes("fake/image", weights="none"), images)
-    assert report.failed == ["blocks_cover_params"]
+    assert report.failed == ["blocks_cover_params", "blocks_reach_output"]  # both read blocks()
     assert "RuntimeError: boom" in report["blocks_cover_params"].detail
+
+
+def test_an_unused_block_flagged_as_such_conforms_and_is_not_offered(images):
+    from tlkit.finetuning.freeze import resolve_unfreeze
+    from tlkit.testing.conformance import block_gradients
+
+    class Flagged(UnusedBlock):
+        def blocks(self):
+            *used, classifier = super().blocks()
+            return [*used, Block(classifier.name, classifier.params, reaches_output=False)]
+
+    bb = Flagged("fake/image", weights="none")
+    assert_conformant(bb, images)
+    norms = block_gradients(bb, images)
+    assert norms["classifier"] == 0 and all(v > 0 for k, v in norms.items() if k != "classifier")
+    used = [b.name for b in bb.output_blocks()]
+    assert "classifier" not in used and len(used) == len(bb.blocks()) - 1
+    assert resolve_unfreeze("last:1", bb.blocks()) == used[-1:]  # last:N counts blocks that reach the output
+    assert resolve_unfreeze("all", bb.blocks()) == used
+    with pytest.raises(ConfigError, match="'classifier' .* does not reach the pooled embedding"):
+        resolve_unfreeze("classifier", bb.blocks())
 
 
 def test_needs_two_items(images):
     with pytest.raises(ValueError):
         check_backbone(FakeImageBackbone("fake/image", weights="none"), images[:1])
+
+
+def test_effnet_lite0_blocks_all_reach_its_embedding(images):
+    from tlkit.host.api import get_backbone
+    from tlkit.host.registry import get_registry
+
+    if "effnet/lite0" not in get_registry().backbones:
+        pytest.skip("the example plugin is not installed: pip install -e plugins/examples/tlkit-effnet-lite")
+    bb = get_backbone("effnet/lite0", weights="pretrained", preprocess={"input_size": [3, 96, 96]})
+    report = check_backbone(bb, images, checks=["blocks_cover_params", "blocks_reach_output"])
+    assert report.ok, report.summary()
+    assert bb.output_blocks() == bb.blocks()

@@ -1,4 +1,5 @@
-"""The plugin host: discovery, TLKIT_PLUGINS, in-process registration, duplicates, misspelled hooks."""
+"""The plugin host: discovery, TLKIT_PLUGINS, in-process registration, and a plugin's failures contained to it
+(duplicates, misspelled and mistyped hooks, bad registrations, hooks that raise)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import pytest
 
 import tlkit
 from tlkit.errors import DuplicateNameError, PluginError, UnknownNameError
-from tlkit.host.registry import get_registry, list_backbones, resolve_backbone
+from tlkit.host.manager import PluginWarning
+from tlkit.host.registry import (
+    broken_names,
+    get_head_entry,
+    get_reader_entry,
+    get_registry,
+    list_backbones,
+    resolve_backbone,
+)
 from tlkit.plugin import BackboneEntry, hookimpl
 from tlkit.testing import FakeImageBackbone
 
@@ -47,25 +56,42 @@ def test_in_process_plugin_registers_and_unregisters(fresh_plugins):
         resolve_backbone("mine/tiny")
 
 
-def test_duplicate_names_name_both_plugins(fresh_plugins):
+def _status(name: str) -> tuple[str, str]:
+    info = {p.name: p for p in tlkit.list_plugins()}[name]
+    return info.status, info.error
+
+
+def test_duplicate_names_name_both_plugins_and_neither_wins(fresh_plugins):
     tlkit.register_plugin(_Plugin("first"), name="first")
     tlkit.register_plugin(_Plugin("second"), name="second")
     try:
+        reg = get_registry()  # the clash does not break the registry
+        assert "mine/tiny" not in reg.backbones and "fake/image" in reg.backbones
         with pytest.raises(DuplicateNameError) as info:
-            get_registry()
-        assert "'first'" in str(info.value) and "'second'" in str(info.value) and "mine/tiny" in str(info.value)
+            resolve_backbone("mine/tiny")
+        message = str(info.value)
+        assert "'first'" in message and "'second'" in message and "mine/tiny" in message
+        assert "neither is used" in message and "TLKIT_PLUGINS" in message
+        assert [(b.name, b.plugins) for b in broken_names("backbone")] == [("mine/tiny", ("first", "second"))]
+        assert _status("first") == _status("second") == ("conflict", message)
+        assert _status("core") == ("ok", "")
+        assert resolve_backbone("fake/image").plugin == "core"
     finally:
         tlkit.unregister_plugin("first")
         tlkit.unregister_plugin("second")
+    assert get_registry().broken["backbone"] == {}
 
 
 def test_duplicate_of_a_builtin_is_refused(fresh_plugins):
     tlkit.register_plugin(_Plugin("shadow", backbone="fake/image"), name="shadow")
     try:
-        with pytest.raises(DuplicateNameError, match="'core'.*'shadow'"):
-            get_registry()
+        with pytest.raises(DuplicateNameError, match="'core'.*'shadow'.*leave 'shadow' out of TLKIT_PLUGINS"):
+            resolve_backbone("fake/image")
+        assert resolve_backbone("fake/text").plugin == "core"
     finally:
         tlkit.unregister_plugin("shadow")
+    assert resolve_backbone("fake/image").plugin == "core"
+    assert _status("core") == ("ok", "")
 
 
 def test_misspelled_hook_is_caught(fresh_plugins):
@@ -74,25 +100,55 @@ def test_misspelled_hook_is_caught(fresh_plugins):
         def tlkit_register_backbone(self, register):  # missing "s"
             pass
 
-    with pytest.raises(PluginError, match="tlkit_register_backbone"):
+    with pytest.raises(
+        PluginError, match="unknown hook tlkit_register_backbone; did you mean tlkit_register_backbones"
+    ):
         tlkit.register_plugin(Typo(), name="typo")
     assert "typo" not in {p.name for p in fresh_plugins.list_plugins()}
+
+
+def test_mistyped_hook_is_caught(fresh_plugins):
+    class Mistyped:
+        @hookimpl
+        def tlkit_register_backbones(self, registry):
+            pass
+
+    with pytest.raises(PluginError, match="tlkit_register_backbones takes registry, .* arguments are: register$"):
+        tlkit.register_plugin(Mistyped(), name="mistyped")
+    assert "mistyped" not in {p.name for p in fresh_plugins.list_plugins()}
+
+
+def test_unmarked_hook_is_caught(fresh_plugins):
+    class Unmarked:
+        def tlkit_register_heads(self, register):
+            pass
+
+    with pytest.raises(PluginError, match="tlkit_register_heads lacks the @hookimpl marker"):
+        tlkit.register_plugin(Unmarked(), name="unmarked")
 
 
 class VideoBackbone(FakeImageBackbone):
     modality = "video"
 
 
-def test_bad_modality_is_a_plugin_error(fresh_plugins):
+def test_bad_modality_breaks_that_name_only(fresh_plugins):
     class BadModality:
         @hookimpl
         def tlkit_register_backbones(self, register):
             register("odd/one", VideoBackbone)
+            register("odd/two", FakeImageBackbone)
 
     tlkit.register_plugin(BadModality(), name="badmod")
     try:
-        with pytest.raises(PluginError, match="'badmod' registered backbone 'odd/one' with modality 'video'"):
-            get_registry()
+        message = "plugin 'badmod' registered backbone 'odd/one' with modality 'video'"
+        with pytest.raises(PluginError, match=message):
+            resolve_backbone("odd/one")
+        assert resolve_backbone("odd/two").plugin == "badmod"  # its other registrations count
+        assert [e.name for e in list_backbones("odd/*")] == ["odd/two"]
+        assert [(b.name, b.modality) for b in broken_names("backbone", "odd/*")] == [("odd/one", None)]
+        assert [b.name for b in broken_names("backbone", modality="text")] == ["odd/one"]  # shown under any modality
+        status, error = _status("badmod")
+        assert status == "broken" and message in error
     finally:
         tlkit.unregister_plugin("badmod")
 
@@ -114,9 +170,146 @@ def test_bad_registrations_are_plugin_errors(fresh_plugins, args, kwargs, match)
     tlkit.register_plugin(Bad(), name="bad")
     try:
         with pytest.raises(PluginError, match=match):
-            get_registry()
+            resolve_backbone("odd/one")
+        assert _status("bad")[0] == "broken"
+        assert resolve_backbone("fake/image").plugin == "core"
     finally:
         tlkit.unregister_plugin("bad")
+
+
+def test_a_raising_registration_hook_breaks_its_plugin_only(fresh_plugins, capsys, monkeypatch):
+    class Raises:
+        @hookimpl
+        def tlkit_register_backbones(self, register):
+            register("raises/tiny", FakeImageBackbone)
+            raise RuntimeError("boom in backbones")
+
+        @hookimpl
+        def tlkit_register_heads(self, register):
+            raise ValueError("boom in heads")
+
+        @hookimpl
+        def tlkit_register_readers(self, register):
+            register("raises-reader", object())
+
+    monkeypatch.setenv("TLKIT_DEBUG", "1")
+    tlkit.register_plugin(Raises(), name="raises")
+    try:
+        with pytest.warns(PluginWarning, match="'raises'.*tlkit_register_backbones failed: RuntimeError: boom"):
+            reg = get_registry()
+        assert "Traceback" in capsys.readouterr().err  # TLKIT_DEBUG
+        assert {"fake/image", "fake/text"} <= set(reg.backbones) and "linear" in reg.heads and "image" in reg.readers
+        with pytest.raises(
+            PluginError, match="'raises/tiny' is unavailable: plugin 'raises': tlkit_register_backbones"
+        ):
+            tlkit.get_backbone("raises/tiny")
+        with pytest.raises(PluginError, match="registered reader 'raises-reader' whose class sets no modality"):
+            get_reader_entry("raises-reader")
+        status, error = _status("raises")
+        assert status == "broken"
+        assert "RuntimeError: boom in backbones" in error and "ValueError: boom in heads" in error
+        with pytest.raises(UnknownNameError, match="broken plugins .*'raises' .*boom in heads"):
+            get_head_entry("raises-head")
+        assert [h.name for h in tlkit.list_heads()] == sorted(reg.heads)
+    finally:
+        tlkit.unregister_plugin("raises")
+    assert _status("core") == ("ok", "")
+
+
+def test_resolve_and_list_failures_stay_with_their_family(fresh_plugins):
+    class Family:
+        @hookimpl
+        def tlkit_resolve_backbone(self, name):
+            raise RuntimeError(f"index broken for {name}")
+
+        @hookimpl
+        def tlkit_list_backbones(self, pattern):
+            raise RuntimeError("index broken")
+
+    class Garbage:
+        @hookimpl
+        def tlkit_resolve_backbone(self, name):
+            return "not an entry" if name == "junk/x" else None
+
+        @hookimpl
+        def tlkit_list_backbones(self, pattern):
+            return ["not an entry"]
+
+    tlkit.register_plugin(Family(), name="family")
+    tlkit.register_plugin(Garbage(), name="garbage")
+    try:
+        with pytest.warns(PluginWarning):
+            names = [e.name for e in list_backbones("fake/*")]
+            assert names == ["fake/image", "fake/text"]
+            assert tlkit.get_backbone("fake/image").name == "fake/image"
+            with pytest.raises(PluginError, match="'family': tlkit_resolve_backbone failed: RuntimeError: index"):
+                resolve_backbone("family/x")
+            with pytest.raises(PluginError, match="'garbage': tlkit_resolve_backbone failed: returned str, not a"):
+                resolve_backbone("junk/x")
+        statuses = {p.name: (p.status, p.error) for p in tlkit.list_plugins()}
+        assert statuses["family"][0] == statuses["garbage"][0] == "broken"
+        assert "tlkit_list_backbones failed: RuntimeError: index broken" in statuses["family"][1]
+        assert "tlkit_list_backbones returned str, not a BackboneEntry" in statuses["garbage"][1]
+        assert all(statuses[n] == ("ok", "") for n in ("core", "timm", "torchvision", "hf"))
+    finally:
+        tlkit.unregister_plugin("family")
+        tlkit.unregister_plugin("garbage")
+
+
+def test_a_family_that_does_not_know_a_name_still_answers_with_its_error(fresh_plugins):
+    with pytest.raises(UnknownNameError, match="did you mean"):
+        resolve_backbone("torchvision/resnet5")
+    assert _status("torchvision") == ("ok", "")
+
+
+def test_plugin_commands_are_added_one_plugin_at_a_time(fresh_plugins):
+    import click
+    from click.testing import CliRunner
+
+    def adder(name, command_name):
+        class Adds:
+            @hookimpl
+            def tlkit_register_commands(self, cli):
+                if command_name is None:
+                    raise RuntimeError("no commands today")
+
+                @cli.command(command_name)
+                def _cmd():
+                    click.echo(name)
+
+        return Adds()
+
+    @click.group()
+    def cli():
+        pass
+
+    @cli.command("extract")
+    def extract():
+        pass
+
+    builtin_extract = cli.commands["extract"]
+    plugins = {"p-fails": None, "p-own": "own", "p-one": "same", "p-two": "same", "p-replaces": "extract"}
+    for name, command in plugins.items():
+        tlkit.register_plugin(adder(name, command), name=name)
+    try:
+        with pytest.warns(PluginWarning):
+            fresh_plugins.register_commands(cli)
+        assert cli.commands["extract"] is builtin_extract
+        assert "own" in cli.commands
+        runner = CliRunner()
+        result = runner.invoke(cli, ["same"])
+        assert result.exit_code != 0 and "'p-one' and plugin 'p-two', so neither is used" in str(result.exception)
+        infos = {p.name: p for p in fresh_plugins.list_plugins()}
+        assert infos["p-fails"].status == "broken" and "no commands today" in infos["p-fails"].error
+        assert (
+            infos["p-replaces"].status == "broken"
+            and "may not replace the command 'extract'" in infos["p-replaces"].error
+        )
+        assert infos["p-one"].status == infos["p-two"].status == "conflict"
+        assert infos["p-own"].status == "ok"
+    finally:
+        for name in plugins:
+            tlkit.unregister_plugin(name)
 
 
 def test_modality_comes_from_the_class(fresh_plugins):
@@ -258,3 +451,22 @@ def test_tlkit_hookimpl_is_the_plugin_surface_marker():
     import tlkit.plugin
 
     assert tlkit.hookimpl is tlkit.plugin.hookimpl
+
+
+def test_a_missing_module_in_plugin_code_names_the_plugin(fresh_plugins):
+    import types
+
+    module = types.ModuleType("tlkit_plugin_needs_a_library")
+    exec("def build():\n    import tlkit_module_not_installed_anywhere\n", module.__dict__)
+    tlkit.register_plugin(module, name="needs")
+    try:
+        with pytest.raises(ImportError) as raised:
+            module.build()
+        error = fresh_plugins.explain_import_error(raised.value)
+        assert isinstance(error, PluginError)
+        assert str(error).startswith("plugin 'needs' needs the module 'tlkit_module_not_installed_anywhere'")
+        with pytest.raises(ImportError) as raised:
+            import tlkit_module_not_installed_anywhere  # noqa: F401
+        assert fresh_plugins.explain_import_error(raised.value) is None  # not a plugin's code: left alone
+    finally:
+        tlkit.unregister_plugin("needs")

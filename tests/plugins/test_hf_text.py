@@ -14,7 +14,7 @@ import torch
 from tlkit.errors import BadInputError, ConfigError
 from tlkit.host.api import get_backbone, list_backbones
 from tlkit.host.registry import resolve_backbone
-from tlkit.testing import assert_conformant, sample_texts
+from tlkit.testing import assert_conformant, check_backbone, sample_texts
 
 WORDS = (
     "the a cat dog sat on mat plays guitar music stock market fell today man woman child runs fast slow "
@@ -115,9 +115,15 @@ def test_tiny_text_models_load_embed_list_blocks_and_conform(tiny_dirs, kind, bl
     assert (spec.modality, spec.embed_dim, spec.pooling) == ("text", 32, "mean")
     assert spec.preprocess["tokenizer"] == str(tiny_dirs[kind]) and spec.preprocess["max_length"] == 64
     assert [b.name for b in bb.blocks()] == blocks
+    # mean pooling never reads the pooler: it is kept (blocks cover every parameter) but not offered for training
+    assert [b.name for b in bb.output_blocks()] == [b for b in blocks if b != "pooler"]
     out = _embed(bb, ["the cat sat on the mat", "a dog"])
     assert out.shape == (2, 32) and torch.isfinite(out).all()
-    assert_conformant(bb, sample_texts())
+    assert_conformant(bb, sample_texts())  # includes blocks_reach_output: every offered block gets a gradient
+    if "pooler" in blocks:
+        pooled = get_backbone(f"hf/{tiny_dirs[kind]}", pooling="pooler")
+        assert [b.name for b in pooled.output_blocks()] == blocks  # pooler pooling reads it
+        assert_conformant(pooled, sample_texts())
 
 
 def test_padding_does_not_change_a_text_embedding(tiny_dirs):
@@ -351,6 +357,20 @@ def _embed_bucketed(bb, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         idx = order[start : start + batch_size]
         out[idx] = _embed(bb, [texts[i] for i in idx])
     return out
+
+
+def test_minilm_blocks_are_what_mean_pooling_uses(minilm_dir):
+    from tlkit.finetuning.freeze import resolve_unfreeze
+    from tlkit.testing.conformance import block_gradients
+
+    bb = get_backbone(f"hf/{minilm_dir}")
+    names = [b.name for b in bb.blocks()]
+    assert names[-1] == "pooler" and bb.spec.pooling == "mean"
+    norms = block_gradients(bb, sample_texts())
+    assert norms["pooler"] == 0 and all(norms[n] > 0 for n in names[:-1])
+    assert resolve_unfreeze("last:1", bb.blocks()) == ["layer.5"]  # the last layer, not the unused pooler
+    report = check_backbone(bb, sample_texts(), checks=["blocks_cover_params", "blocks_reach_output"])
+    assert report.ok, report.summary()
 
 
 def test_minilm_matches_sentence_transformers(minilm_dir):

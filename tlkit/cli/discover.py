@@ -13,24 +13,22 @@ from tlkit.cli.group import TlkitGroup, echo_json, print_table
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins_cmd(as_json: bool) -> None:
-    """List discovered plugins: name, version, hooks and status (ok, broken, disabled)."""
-    from tlkit.host.manager import list_plugins
+    """List discovered plugins: name, version, hooks and status (ok, broken, conflict, disabled) with the reason."""
+    from tlkit.host.api import list_plugins
 
     infos = list_plugins()
     if as_json:
         echo_json([i.to_dict() for i in infos])
         return
-    rows = [
-        [
-            i.name,
-            i.dist,
-            i.version,
-            i.status + (f": {i.error}" if i.error else ""),
-            ", ".join(h.removeprefix("tlkit_") for h in i.hooks),
-        ]
-        for i in infos
-    ]
+    rows = [[i.name, i.dist, i.version, i.status, ", ".join(h.removeprefix("tlkit_") for h in i.hooks)] for i in infos]
     print_table(["plugin", "distribution", "version", "status", "hooks"], rows)
+    _echo_reasons([(f"{i.name} ({i.status})", e) for i in infos for e in i.errors])
+
+
+def _echo_reasons(reasons: list[tuple[str, str]]) -> None:
+    """Below a table: why each broken plugin or name is broken, one line each (a table cell would wrap it)."""
+    for what, reason in reasons:
+        click.echo(f"{what}: {reason}")
 
 
 # -- backbones ------------------------------------------------------------------------------------------------
@@ -40,18 +38,36 @@ def plugins_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def backbones_cmd(ctx: click.Context, modality: str | None, pattern: str | None, as_json: bool) -> None:
-    """List backbones. Open-ended families (any timm model, any HF id) are listed through --filter."""
+    """List backbones. Open-ended families (any timm model, any HF id) are listed through --filter.
+
+    A name that cannot be used (its plugin failed, or two plugins register it) is listed as broken, with the reason.
+    """
     if ctx.invoked_subcommand is not None:
         return
-    from tlkit.host.registry import list_backbones
+    from tlkit.host.registry import broken_names, list_backbones
 
     entries = list_backbones(pattern, modality)
+    broken = broken_names("backbone", pattern, modality)
     if as_json:
-        echo_json([{"name": e.name, "modality": e.modality, "plugin": e.plugin, "summary": e.summary} for e in entries])
+        echo_json(
+            [
+                {"name": e.name, "modality": e.modality, "plugin": e.plugin, "summary": e.summary, "status": "ok"}
+                for e in entries
+            ]
+            + [_broken_row(b) | {"modality": b.modality} for b in broken]
+        )
         return
-    if not entries:
+    if not entries and not broken:
         raise click.ClickException(f"no backbones match {pattern!r}" if pattern else "no backbones installed")
-    print_table(["name", "modality", "plugin", "summary"], [[e.name, e.modality, e.plugin, e.summary] for e in entries])
+    rows = [[e.name, e.modality, e.plugin, e.summary] for e in entries]
+    rows += [[b.name, b.modality or "?", ", ".join(b.plugins), "BROKEN (see below)"] for b in broken]
+    print_table(["name", "modality", "plugin", "summary"], sorted(rows))
+    _echo_reasons([(b.name, b.reason) for b in broken])
+
+
+def _broken_row(b: Any) -> dict[str, Any]:
+    """A name that cannot be used, for --json: ``status`` is ``broken`` and ``error`` says why."""
+    return {"name": b.name, "plugin": ", ".join(b.plugins), "summary": "", "status": "broken", "error": b.reason}
 
 
 @backbones_cmd.command("info")
@@ -86,14 +102,25 @@ def backbones_info_cmd(name: str, weights: str, as_json: bool) -> None:
 @click.command("heads")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def heads_cmd(as_json: bool) -> None:
-    """List head types."""
+    """List head types (a head whose plugin failed, or that two plugins register, is listed as broken)."""
     from tlkit.host.api import list_heads
+    from tlkit.host.registry import broken_names
 
     entries = list_heads()
+    broken = broken_names("head")
     if as_json:
-        echo_json([{"name": e.name, "kind": e.kind, "plugin": e.plugin, "summary": e.summary} for e in entries])
+        echo_json(
+            [
+                {"name": e.name, "kind": e.kind, "plugin": e.plugin, "summary": e.summary, "status": "ok"}
+                for e in entries
+            ]
+            + [_broken_row(b) | {"kind": "?"} for b in broken]
+        )
         return
-    print_table(["name", "kind", "plugin", "summary"], [[e.name, e.kind, e.plugin, e.summary] for e in entries])
+    rows = [[e.name, e.kind, e.plugin, e.summary] for e in entries]
+    rows += [[b.name, "?", ", ".join(b.plugins), "BROKEN (see below)"] for b in broken]
+    print_table(["name", "kind", "plugin", "summary"], sorted(rows))
+    _echo_reasons([(b.name, b.reason) for b in broken])
 
 
 # -- blocks ---------------------------------------------------------------------------------------------------
@@ -112,7 +139,8 @@ def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> 
 
         show_freeze_preview(bb, unfreeze, as_json)
         return
-    rows: list[list[Any]] = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(bb.blocks())]
+    blocks = bb.output_blocks()  # a block whose output never reaches the embedding is not offered
+    rows: list[list[Any]] = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(blocks)]
     if as_json:
         echo_json([{"index": r[0], "name": r[1], "params": r[2], "tensors": r[3]} for r in rows])
         return

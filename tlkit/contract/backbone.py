@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tlkit.canonical import canonical_json, json_default
-from tlkit.errors import BadInputError, TlkitError
+from tlkit.errors import BadInputError, ConfigError, PluginError, TlkitError
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,17 @@ REQUIRED_PREPROCESS_KEYS: dict[str, tuple[str, ...]] = {
     "text": ("tokenizer", "max_length"),
     "audio": ("sample_rate",),
 }
+
+#: Preprocessing keys that belong to one modality. Overriding another modality's key (``input_size`` on a text
+#: backbone) is refused by :meth:`Backbone.validate`, so it never reaches the spec or the fingerprint.
+MODALITY_PREPROCESS_KEYS: dict[str, frozenset[str]] = {
+    "image": frozenset({"input_size", "mean", "std", "interpolation", "crop_pct"}),
+    "text": frozenset({"tokenizer", "max_length"}),
+    "audio": frozenset({"sample_rate", "clip_seconds", "window_seconds", "hop_seconds", "min_seconds"}),
+}
+
+#: Preprocessing keys that have a CLI flag of the same name (``--input-size``): errors name them as ``{param}``.
+_FLAGGED_KEYS = frozenset({"input_size"})
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,18 @@ class BackboneSpec:
 @dataclass(frozen=True)
 class Block:
     """One named, separately freezable part of a backbone: the parameter names (relative to
-    ``Backbone.module``) that belong to it. ``Backbone.blocks()`` lists them earliest first."""
+    ``Backbone.module``) that belong to it. ``Backbone.blocks()`` lists them earliest first.
+
+    ``reaches_output`` is ``False`` for a block whose output never reaches the pooled embedding (the BERT pooler
+    under mean pooling, a classifier layer the backbone skips): it keeps its parameters (blocks cover every
+    parameter) but training it changes nothing, so it is not offered for unfreezing (:meth:`Backbone.output_blocks`,
+    ``tlkit blocks``) and not counted by ``last:N``. The conformance kit checks the flag: every block that reaches
+    the output gets a non-zero gradient from the pooled embedding, and a block flagged ``False`` gets none.
+    """
 
     name: str
     params: tuple[str, ...]
+    reaches_output: bool = True
 
     def n_params(self, module: nn.Module) -> int:
         named = dict(module.named_parameters())
@@ -92,6 +111,8 @@ class Backbone(ABC):
     #: ``"image"``, ``"text"`` or ``"audio"``: the one place a backbone declares its modality. Registration reads it
     #: from the class, and the spec repeats it (``BackboneSpec(modality=self.modality, ...)``).
     modality: ClassVar[str]
+    #: The plugin that offered this backbone (set by :func:`tlkit.get_backbone`; ``""`` for one built directly).
+    plugin_name: str = ""
 
     def __init__(
         self,
@@ -123,12 +144,44 @@ class Backbone(ABC):
         }
 
     def replace(self, **changes: Any) -> Backbone:
-        """A new, unloaded backbone with some options changed; ``preprocess`` overrides are merged."""
+        """A new, unloaded backbone with some options changed; ``preprocess`` overrides are merged. The new one is
+        checked by :meth:`validate`."""
         kwargs = copy.deepcopy(self.init_kwargs())
         if "preprocess" in changes:
             kwargs["preprocess"] = {**kwargs.get("preprocess", {}), **dict(changes.pop("preprocess") or {})}
         kwargs.update(changes)
-        return type(self)(self.name, **kwargs)
+        new = type(self)(self.name, **kwargs)
+        new.plugin_name = self.plugin_name
+        return validated(new)
+
+    def validate(self) -> None:
+        """The validation point: check every option here, not in :meth:`preprocess_item` or :attr:`spec`.
+
+        The host calls it in the main process right after construction (:func:`tlkit.get_backbone`,
+        :meth:`replace`), before any data is read, so a bad option is a one-line error rather than every item
+        skipped as "bad". Raise :class:`tlkit.plugin.ConfigError` naming the option; any other exception is turned
+        into one naming the backbone and its plugin. Override it and call ``super().validate()`` first: the base
+        refuses preprocessing overrides that belong to another modality (``input_size`` on a text backbone).
+        Keep it cheap: no weights, no downloads.
+        """
+        own = MODALITY_PREPROCESS_KEYS.get(self.modality, frozenset())
+        for key in self.preprocess_overrides:
+            foreign = [m for m, keys in MODALITY_PREPROCESS_KEYS.items() if key in keys and key not in own]
+            if foreign:
+                what = "{param}" if key in _FLAGGED_KEYS else f"preprocess option {key!r}"
+                raise ConfigError(
+                    f"{what} does not apply to {self.name}: it is a {self.modality} backbone, and {key} is for "
+                    f"{foreign[0]} backbones",
+                    param=key if key in _FLAGGED_KEYS else None,
+                )
+
+    def conformance_variants(self) -> list[dict[str, Any]]:
+        """Preprocessing overrides that are valid for this backbone and change its output (a different input size
+        within the model's limits, another tokenizer the plugin knows). The conformance kit's
+        ``fingerprint_tracks_preprocess`` check applies each one through :meth:`replace` and expects a different
+        fingerprint. Return ``[]`` to use the kit's own choice (a smaller image size, a shorter ``max_length``, a
+        shorter audio clip); override it when those are not valid for your model."""
+        return []
 
     def weights_kind(self) -> str:
         """``"pretrained"``, ``"none"`` or ``"local"``."""
@@ -235,6 +288,10 @@ class Backbone(ABC):
     def blocks(self) -> list[Block]:
         """Named blocks, earliest first, covering every parameter of :attr:`module` exactly once."""
 
+    def output_blocks(self) -> list[Block]:
+        """The blocks whose output reaches the pooled embedding: those fine-tuning may unfreeze, earliest first."""
+        return [b for b in self.blocks() if b.reaches_output]
+
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         """Turn on gradient checkpointing where the model supports it; return whether it did."""
         return False
@@ -261,6 +318,43 @@ class Backbone(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, weights={self.weights!r})"
+
+
+def validated(backbone: Backbone) -> Backbone:
+    """Run ``backbone.validate()`` and return the backbone. A :class:`tlkit.errors.TlkitError` passes through (it
+    is already a one-line message); any other exception becomes a :class:`ConfigError` naming the backbone and its
+    plugin (the original is chained, so ``TLKIT_DEBUG=1`` shows its traceback)."""
+    try:
+        backbone.validate()
+    except TlkitError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{_who(backbone)} refused its options: {type(exc).__name__}: {exc}") from exc
+    return backbone
+
+
+def _who(backbone: Backbone) -> str:
+    plugin = backbone.plugin_name or type(backbone).__module__.split(".")[0]
+    return f"backbone {backbone.name} (plugin {plugin})"
+
+
+def check_first_output(backbone: Backbone, out: Any, n: int | None = None) -> None:
+    """The runtime check of the contract on a run's first batch: ``embed`` returned a ``[n, spec.embed_dim]`` tensor
+    (any number of rows when ``n`` is ``None``) and the spec's modality is the registered one (the class's). A
+    :class:`PluginError` naming the plugin otherwise, raised before anything is written."""
+    spec = backbone.spec
+    if spec.modality != backbone.modality:
+        raise PluginError(
+            f"{_who(backbone)} is registered as {backbone.modality} but its spec says {spec.modality!r}; "
+            f"the plugin must build BackboneSpec(modality=self.modality, ...)"
+        )
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != 2 or shape[0] != (shape[0] if n is None else n) or shape[1] != spec.embed_dim:
+        rows = "" if n is None else f" for {n} items"
+        raise PluginError(
+            f"{_who(backbone)} returned embeddings of shape {shape}{rows}, but its spec declares "
+            f"embed_dim {spec.embed_dim}; the plugin's embed() or spec is wrong, nothing was written"
+        )
 
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}

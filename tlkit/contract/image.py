@@ -26,6 +26,13 @@ class ImageBackbone(Backbone):
         """The transform from an RGB PIL image to model input: training augmentation (``self.augment``) when
         ``train``, else the evaluation preprocessing, both from ``self.spec.preprocess``."""
 
+    def validate(self) -> None:
+        """The base checks, then the training transform is built once (and dropped) when ``augment`` is set, so an
+        augmentation the plugin refuses is a one-line error before any data is read, not a skip of every item."""
+        super().validate()
+        if self.augment not in (None, "none", "default"):
+            self.make_transform(True)
+
     def preprocess_item(self, item: Any, *, train: bool = False) -> Any:
         transforms: dict[bool, Callable[[Any], Any]] = self.__dict__.setdefault("_transforms", {})
         if train not in transforms:

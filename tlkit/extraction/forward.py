@@ -7,10 +7,10 @@ pass), and backs off on out-of-memory with :class:`tlkit.runtime.batching.Backof
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tlkit.contract.backbone import Backbone
+from tlkit.contract.backbone import Backbone, check_first_output
 from tlkit.runtime.batching import Backoff, prefers_channels_last, slice_batch, to_device
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class Runner:
 
         self.backbone, self.runtime, self.layers = backbone, runtime, list(layers)
         self.backoff: Backoff[Embedded] = Backoff(runtime)
+        self.checked = False  # the first batch's output is checked against the spec (width, modality)
         self.out_dtype = torch.float16 if store_dtype == "float16" else torch.float32
         module = backbone.module
         module.eval()
@@ -67,7 +68,26 @@ class Runner:
                 return self._forward_once(batch, views)
             return self._forward_once(slice_batch(batch, a, b), [slice_batch(v, a, b) for v in views])
 
-        return self.backoff.run(n, part, _join)
+        out = self.backoff.run(n, part, _join)
+        if not self.checked:
+            check_first_output(self.backbone, out[0], n)
+            self.checked = True
+        return out
+
+
+#: The skip reason of an item whose embedding holds NaN or Inf: such rows never enter a cache.
+NONFINITE_REASON = "backbone produced NaN/Inf features"
+
+
+def finite_rows(features: torch.Tensor, layers: Mapping[str, torch.Tensor], views: Sequence[torch.Tensor]) -> Any:
+    """``None`` when every row of a batch's embeddings (final features, layers and views) is finite, else the
+    boolean mask of the finite rows. Called on host tensors (the writer thread), so it never waits on a GPU."""
+    import torch
+
+    ok = torch.isfinite(features).all(dim=1)
+    for t in (*layers.values(), *views):
+        ok &= torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    return None if bool(ok.all()) else ok
 
 
 def _join(parts: Sequence[Embedded]) -> Embedded:
@@ -79,4 +99,4 @@ def _join(parts: Sequence[Embedded]) -> Embedded:
     return feats, lay, vf
 
 
-__all__ = ["Embedded", "Runner"]
+__all__ = ["NONFINITE_REASON", "Embedded", "Runner", "finite_rows"]

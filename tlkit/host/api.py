@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tlkit.contract.backbone import WEIGHTS_PRETRAINED, Backbone
+from tlkit.contract.backbone import WEIGHTS_PRETRAINED, Backbone, validated
+from tlkit.host.manager import PluginInfo
+from tlkit.host.manager import list_plugins as _list_plugins
 from tlkit.host.registry import BackboneEntry, HeadEntry, get_registry, resolve_backbone
 from tlkit.host.registry import list_backbones as _list_backbones
 
@@ -15,9 +17,13 @@ def get_backbone(name: str, weights: str | os.PathLike[str] = WEIGHTS_PRETRAINED
     """Create a backbone by name (not loaded yet: call ``.load()`` or touch ``.module``).
 
     ``weights`` is ``"pretrained"`` (the hub), ``"none"`` (random init) or a local file or directory.
-    Other options (``preprocess``, ``pooling``, ``augment``, plugin-specific ones) go to the backbone.
+    Other options (``preprocess``, ``pooling``, ``augment``, plugin-specific ones) go to the backbone, whose
+    :meth:`~tlkit.plugin.Backbone.validate` checks them here, before any data is read.
     """
-    return resolve_backbone(name).create(weights=str(weights), **options)
+    entry = resolve_backbone(name)
+    backbone = entry.create(weights=str(weights), **options)
+    backbone.plugin_name = entry.plugin
+    return validated(backbone)
 
 
 def backbone_from_record(record: Mapping[str, Any], weights: str | os.PathLike[str] | None = None) -> Backbone:
@@ -39,4 +45,14 @@ def list_backbones(pattern: str | None = None, modality: str | None = None) -> l
 
 
 def list_heads() -> list[HeadEntry]:
+    """Usable head types, sorted by name."""
     return sorted(get_registry().heads.values(), key=lambda e: e.name)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every discovered plugin (loaded, broken, conflicting or disabled) with its problems.
+
+    The registration hooks and the listing hooks run first, so a plugin whose hook fails shows as ``broken``.
+    """
+    _list_backbones(None)  # builds the registry too
+    return _list_plugins()

@@ -7,6 +7,7 @@ from tlkit.testing.conformance import (
     ConformanceReport,
     assert_conformant,
     check_backbone,
+    default_variants,
 )
 from tlkit.testing.fake import FakeImageBackbone, FakeTextBackbone
 
@@ -18,6 +19,7 @@ __all__ = [
     "FakeTextBackbone",
     "assert_conformant",
     "check_backbone",
+    "default_variants",
     "make_image_folder",
     "sample_images",
     "sample_texts",

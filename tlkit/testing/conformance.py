@@ -12,27 +12,35 @@ which property of the contract is broken.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tlkit.contract.backbone import REQUIRED_PREPROCESS_KEYS, Backbone
-from tlkit.host.registry import MODALITIES
+from tlkit.contract.backbone import REQUIRED_PREPROCESS_KEYS, Backbone, check_first_output, validated
+from tlkit.host.registry import MODALITIES, get_registry
 
+#: The checks, in the order they run; pass a subset as ``checks=`` to run only some.
 CHECKS = (
+    "validate",
     "modality",
     "preprocess_config",
     "embedding_shape",
     "determinism",
     "batch_invariance",
     "blocks_cover_params",
+    "blocks_reach_output",
     "fingerprint_stable",
     "fingerprint_tracks_preprocess",
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckResult:
+    """The outcome of one check: its ``name`` (one of :data:`CHECKS`), whether it passed, and on failure a
+    one-line ``detail`` saying what is wrong (a crash inside the check is a failure, ``"raised <type>: <message>"``).
+    """
+
     name: str
     ok: bool
     detail: str = ""
@@ -40,6 +48,13 @@ class CheckResult:
 
 @dataclass
 class ConformanceReport:
+    """What :func:`check_backbone` found: the backbone's name and one :class:`CheckResult` per check run, in order.
+
+    ``report.ok`` is true when every check passed, ``report.failed`` lists the failed checks' names,
+    ``report["determinism"]`` is one check's result, and ``report.summary()`` is a readable multi-line report (what
+    :func:`assert_conformant` raises).
+    """
+
     backbone: str
     results: list[CheckResult] = field(default_factory=list)
 
@@ -76,12 +91,25 @@ def _cosines(a: Any, b: Any) -> Any:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
 
 
+def check_validate(backbone: Backbone, items: Sequence[Any]) -> str:
+    """The backbone's own options pass its :meth:`~tlkit.plugin.Backbone.validate`."""
+    validated(backbone)
+    return ""
+
+
 def check_modality(backbone: Backbone, items: Sequence[Any]) -> str:
+    """The class's modality is a known one, and the spec and the registration (when the name is registered) agree."""
     declared = getattr(type(backbone), "modality", None)
     if declared not in MODALITIES:
         return f"the class attribute modality is {declared!r}; set it to one of {', '.join(MODALITIES)}"
     if backbone.spec.modality != declared:
         return f"spec.modality {backbone.spec.modality!r} differs from the class's modality {declared!r}"
+    entry = get_registry().backbones.get(backbone.name)
+    if entry is not None and entry.modality != backbone.spec.modality:
+        return (
+            f"{backbone.name} is registered as {entry.modality} (plugin {entry.plugin}) but its spec says "
+            f"{backbone.spec.modality!r}"
+        )
     return ""
 
 
@@ -104,6 +132,7 @@ def check_embedding_shape(backbone: Backbone, items: Sequence[Any]) -> str:
     expected = (len(items), backbone.spec.embed_dim)
     if tuple(out.shape) != expected:
         return f"shape {tuple(out.shape)}, expected {expected} (N, spec.embed_dim)"
+    check_first_output(backbone, out, len(items))  # what extraction and fine-tuning check on their first batch
     if not out.is_floating_point():
         return f"dtype {out.dtype}, expected floating point"
     if not torch.isfinite(out).all():
@@ -155,6 +184,50 @@ def check_blocks_cover_params(backbone: Backbone, items: Sequence[Any]) -> str:
     return "; ".join(problems[:3])
 
 
+def block_gradients(backbone: Backbone, items: Sequence[Any]) -> dict[str, float]:
+    """Each block's gradient norm from the pooled embedding of ``items``: one backward pass of a fixed random
+    projection of the embedding (a projection, not the sum: the sum of a normalised embedding is nearly constant).
+    The module stays in eval mode, and every parameter's ``requires_grad`` is restored afterwards."""
+    import torch
+
+    params = dict(backbone.module.named_parameters())
+    before = {n: p.requires_grad for n, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out = backbone.embed(backbone.preprocess(list(items))).float()
+            proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
+            grads = torch.autograd.grad((out * proj).sum(), list(params.values()), allow_unused=True)
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(before[n])
+    by_name = dict(zip(params, grads, strict=True))
+    norms = {}
+    for block in backbone.blocks():
+        parts = [by_name[p].double().pow(2).sum() for p in block.params if by_name.get(p) is not None]
+        norms[block.name] = float(torch.stack(parts).sum().sqrt()) if parts else 0.0
+    return norms
+
+
+def check_blocks_reach_output(backbone: Backbone, items: Sequence[Any]) -> str:
+    """Every block offered for training (``reaches_output``) gets a non-zero gradient from the pooled embedding, and
+    a block flagged as not reaching it gets none."""
+    norms = block_gradients(backbone, items)
+    flags = {b.name: b.reaches_output for b in backbone.blocks()}
+    dead = [name for name, norm in norms.items() if flags[name] and not norm > 0]
+    flagged = [name for name, norm in norms.items() if not flags[name] and norm > 0]
+    problems = []
+    if dead:
+        problems.append(
+            f"blocks {', '.join(dead)} get no gradient from the pooled embedding: their output is unused; flag them "
+            f"Block(..., reaches_output=False)"
+        )
+    if flagged:
+        problems.append(f"blocks {', '.join(flagged)} are flagged reaches_output=False but get a gradient")
+    return "; ".join(problems)
+
+
 def check_fingerprint_stable(backbone: Backbone, items: Sequence[Any]) -> str:
     fp = backbone.fingerprint()
     if not isinstance(fp, str) or not fp:
@@ -166,41 +239,60 @@ def check_fingerprint_stable(backbone: Backbone, items: Sequence[Any]) -> str:
     return ""
 
 
-def _perturb(value: Any) -> Any:
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, int | float):
-        return value + 1 if isinstance(value, int) else (value * 1.5 + 0.01)
-    if isinstance(value, str):
-        return value + "-x"
-    if isinstance(value, list | tuple):
-        return [_perturb(v) for v in value]
-    return None
+def default_variants(preprocess: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The kit's own valid preprocessing changes, used when a backbone's ``conformance_variants()`` is empty: the
+    normalisation mean moved by 0.05 (any image model accepts it), a shorter text ``max_length`` (at least 2), a
+    shorter audio window or clip. Never an input of another shape, a new channel count or a made-up name."""
+    out: list[dict[str, Any]] = []
+    mean = preprocess.get("mean")
+    if isinstance(mean, list | tuple) and mean and all(isinstance(v, int | float) for v in mean):
+        out.append({"mean": [round(float(v) + (0.05 if v < 0.5 else -0.05), 6) for v in mean]})
+    length = preprocess.get("max_length")
+    if isinstance(length, int) and not isinstance(length, bool) and length > 2:
+        out.append({"max_length": max(2, length // 2)})
+    for key in ("window_seconds", "clip_seconds"):
+        value = preprocess.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            out.append({key: round(float(value) / 2, 6)})
+            break
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))  # tuples and lists compare equal
 
 
 def check_fingerprint_tracks_preprocess(backbone: Backbone, items: Sequence[Any]) -> str:
+    """Each valid preprocessing change (the backbone's ``conformance_variants()``, else :func:`default_variants`)
+    shows in the spec and changes the fingerprint."""
     fp = backbone.fingerprint()
-    preprocess = backbone.spec.preprocess
-    for key, value in preprocess.items():
-        changed = _perturb(value)
-        if changed is None:
-            continue
-        other = backbone.replace(preprocess={key: changed})
-        if other.spec.preprocess.get(key) != changed:
-            return f"replace(preprocess={{{key!r}: ...}}) did not change spec.preprocess[{key!r}]"
+    own = backbone.conformance_variants()
+    variants = own or default_variants(backbone.spec.preprocess)
+    if not variants:
+        return "no preprocessing change to try: return valid overrides from conformance_variants()"
+    for change in variants:
+        try:
+            other = backbone.replace(preprocess=change)
+            got = {k: other.spec.preprocess.get(k) for k in change}
+        except Exception as exc:
+            hint = "" if own else "; return valid overrides from conformance_variants()"
+            return f"replace(preprocess={change!r}) raised {type(exc).__name__}: {exc}{hint}"
+        if _plain(got) != _plain(dict(change)):
+            return f"replace(preprocess={change!r}) gave spec.preprocess {got!r}"
         if other.fingerprint() == fp:
-            return f"fingerprint did not change when preprocess[{key!r}] changed"
-        return ""
-    return "spec.preprocess has no value to vary"
+            return f"fingerprint did not change with preprocess {change!r}"
+    return ""
 
 
 _FUNCS: dict[str, Callable[[Backbone, Sequence[Any]], str]] = {
+    "validate": check_validate,
     "modality": check_modality,
     "preprocess_config": check_preprocess_config,
     "embedding_shape": check_embedding_shape,
     "determinism": check_determinism,
     "batch_invariance": check_batch_invariance,
     "blocks_cover_params": check_blocks_cover_params,
+    "blocks_reach_output": check_blocks_reach_output,
     "fingerprint_stable": check_fingerprint_stable,
     "fingerprint_tracks_preprocess": check_fingerprint_tracks_preprocess,
 }
