@@ -21,8 +21,9 @@ def tlkit_register_backbones(register: RegisterBackbone) -> None:
 @hookimpl
 def tlkit_register_heads(register: RegisterHead) -> None:
     from tlkit.heads.sklearn_head import sklearn_head
-    from tlkit.heads.torch_heads import knn_head, linear_head, mlp_head
+    from tlkit.heads.torch_heads import auto_head, knn_head, linear_head, mlp_head
 
+    register("auto", auto_head, kind="torch", summary="default: logistic regression, L2 strength by 5-fold CV (L-BFGS)")
     register("linear", linear_head, kind="torch", summary="one linear layer (a linear probe)")
     register("mlp", mlp_head, kind="torch", summary="hidden layers + activation + dropout (default 256, relu, 0.5)")
     register("knn", knn_head, kind="torch", summary="cosine k-nearest neighbours (k=20, softmax-weighted votes)")

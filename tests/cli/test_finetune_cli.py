@@ -31,8 +31,9 @@ def test_finetune_command_shows_plan_progress_and_result(data: Path, tmp_path: P
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, ["finetune", "fake/image", str(data), "-o", str(out), "--epochs", "2", *FAST])
     assert res.exit_code == 0, res.output
-    assert "freeze plan: head:1,last:1:1" in res.stderr and "stages.1" in res.stderr
-    assert "phase 2 from epoch 2: training stages.1" in res.stderr
+    assert "linear probe on 16 frozen embeddings" in res.stderr  # the default starts from a probe (LP-FT)
+    assert "freeze plan: all:2" in res.stderr and "stages.1" in res.stderr
+    assert "phase 1 from epoch 1: training stem, stages.0, stages.1" in res.stderr
     assert "epoch 2/2  train loss" in res.stderr and "items/s" in res.stderr
     assert "accuracy" in res.stdout and str(out) in res.stdout
     assert (out / "model.safetensors").is_file()
@@ -116,9 +117,18 @@ def test_advise_rules_follow_dataset_size() -> None:
     assert small.size == "small" and small.strategy == "feature-extraction" and small.domain == "unknown"
     assert small.commands[0].startswith("tlkit extract") and small.per_class == {"c0": 30, "c1": 40, "c2": 35}
     medium = advise(_dataset([300, 250]))
-    assert medium.strategy == "lp-ft" and "--init-head" in medium.commands[-1]
+    # the measured defaults: LP-FT of every block, run as printed (no option to add)
+    assert (
+        medium.strategy == "lp-ft"
+        and medium.unfreeze == "all"
+        and medium.commands == ["tlkit finetune BACKBONE data -o ft-run"]
+    )
+    assert any("linear probe on frozen features" in r for r in medium.reasons)
+    assert any("0.1× the head's rate (1e-04 against 1e-03)" in r for r in medium.reasons) and any(
+        "10 epochs" in r for r in medium.reasons
+    )
     large = advise(_dataset([2000, 1500, 3, 1800]))
-    assert large.size == "large" and large.strategy == "fine-tune" and "--gradual" in large.commands[-1]
+    assert large.size == "large" and large.strategy == "lp-ft" and large.commands == medium.commands
     assert any("smallest class has 3" in w for w in large.warnings) and any("imbalanced" in w for w in large.warnings)
 
 

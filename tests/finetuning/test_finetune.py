@@ -32,9 +32,11 @@ def _block_keys(engine, names: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("policy", ["train", "affine"])
 def test_frozen_blocks_and_their_bn_statistics_are_bitwise_unchanged(data: Path, tmp_path: Path, policy: str) -> None:
-    rec = Recorder("fake/image", data, tmp_path / "run", unfreeze="last:1", epochs=3, bn_policy=policy, lr=1e-2)
+    rec = Recorder(
+        "fake/image", data, tmp_path / "run", unfreeze="last:1", epochs=3, bn_policy=policy, lr=1e-2, linear_probe=False
+    )
     result = rec.run()
-    assert result.plan == "head:1,last:1:2"
+    assert result.plan == "head:1,last:1:2"  # a random head trains alone first
     start, end = rec.states[0], rec.states[-1]
     frozen = _block_keys(rec.engine, ["stem", "stages.0"])
     assert any(k.endswith("running_mean") for k in frozen) and any(k.endswith(".weight") for k in frozen)
@@ -91,8 +93,8 @@ def test_learning_rates_per_group_equal_the_spec(data: Path, tmp_path: Path) -> 
     )
     rec.run()
     lrs = {g["name"]: g["lr"] for g in rec.engine.optimizer.param_groups}
-    assert lrs["head"] == pytest.approx(1e-3)  # the defaults: head 1e-3, backbone × 0.01
-    assert [lrs[n] for n in ("stem", "stages.0", "stages.1")] == pytest.approx([1e-5] * 3)
+    assert lrs["head"] == pytest.approx(1e-3)  # the defaults: head 1e-3, backbone × 0.1
+    assert [lrs[n] for n in ("stem", "stages.0", "stages.1")] == pytest.approx([1e-4] * 3)
 
 
 def test_lp_ft_starts_from_the_probe_head(data: Path, tmp_path: Path) -> None:
@@ -144,7 +146,8 @@ def test_run_directory_and_from_run(data: Path, tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "finetune" and config["status"] == "complete"
     assert config["backbone"]["fingerprint"] == tlkit.get_backbone("fake/image").fingerprint()
-    assert config["head"] == {"name": "mlp", "kind": "torch", "params": {}, "in_dim": 16, "n_classes": 3}
+    assert config["head"] == {"name": "linear", "kind": "torch", "params": {}, "in_dim": 16, "n_classes": 3}
+    assert config["init_head"]["auto"] is True and config["init_head"]["items"] == 24  # the start probe (LP-FT)
     assert config["class_names"] == ["class_0", "class_1", "class_2"]
     assert config["runtime"] == {
         "stage": "finetune", "device": "cpu", "precision": "fp32", "batch_size": None, "auto_batch": False,
@@ -164,7 +167,7 @@ def test_run_directory_and_from_run(data: Path, tmp_path: Path) -> None:
     model = TransferModel.from_run(out)
     images = tlkit.testing.sample_images(3, size=(32, 32))
     batch = model.preprocess(images)
-    ref = TransferModel(tlkit.get_backbone("fake/image").load(), build_head("mlp", 16, 3)).eval()
+    ref = TransferModel(tlkit.get_backbone("fake/image").load(), build_head("linear", 16, 3)).eval()
     ref.load_state_dict(load_file(str(out / "model.safetensors")))
     with torch.inference_mode():
         assert torch.equal(model(batch), ref(batch))
@@ -204,6 +207,7 @@ def test_early_stopping_on_validation(data: Path, tmp_path: Path) -> None:
         lr=1e-30,
         early_stopping=2,
         monitor="val_loss",
+        linear_probe=False,  # a random head: epoch 1 is the first candidate (from a probe, epoch 0 would be)
         **FAST,
     )
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1

@@ -114,7 +114,8 @@ def test_param_groups_cover_everything_once_and_skip_decay_on_norms(model: Trans
 
 def test_group_rates_discriminative_and_layer_decay(model: TransferModel) -> None:
     names = [b.name for b in model.blocks]
-    assert backbone_rate(1e-3, None, None) == pytest.approx(1e-5)  # the seed's recipe: head × 0.01
+    assert backbone_rate(1e-3, None, None) == pytest.approx(1e-4)  # the measured default: head × 0.1
+    assert backbone_rate(1e-3, None, None, "text") == pytest.approx(3e-5)  # text: × 0.03
     assert backbone_rate(2e-3, 0.1, None) == pytest.approx(2e-4)
     assert backbone_rate(1e-3, None, 3e-6) == pytest.approx(3e-6)
     with pytest.raises(ConfigError, match="not both"):
@@ -134,7 +135,7 @@ def test_freeze_preview_rows() -> None:
     bb = tlkit.get_backbone("fake/image")
     rows = freeze_preview(bb, "last:1", lr=1e-3, layer_decay=0.5)
     assert [(r.block, r.trainable) for r in rows] == [("stem", False), ("stages.0", False), ("stages.1", True)]
-    assert rows[2].lr == pytest.approx(1e-5) and rows[0].lr == 0.0
+    assert rows[2].lr == pytest.approx(1e-4) and rows[0].lr == 0.0
     assert rows[0].bn.startswith("eval (frozen") and "train" in rows[2].bn
     assert sum(r.params for r in rows) == sum(p.numel() for p in bb.module.parameters())
 

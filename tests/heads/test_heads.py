@@ -86,7 +86,11 @@ def test_unknown_head_and_bad_parameters_name_the_fix():
         build_head("sklearn", 4, 2, estimator="sklearn.linear_model.LinearRegression")
     with pytest.raises(ConfigError, match="unknown estimator 'forest'.*logreg, svm, ridge, rf, knn"):
         build_head("sklearn", 4, 2, estimator="forest")
-    with pytest.raises(ConfigError, match="cannot import 'nowhere.at_all'"):
+    with pytest.raises(ConfigError, match="'nowhere.at_all.Classifier' is outside scikit-learn and not allowed"):
+        build_head("sklearn", 4, 2, estimator="nowhere.at_all.Classifier")  # refused before any import
+    from tlkit.heads.sklearn_head import allowing
+
+    with allowing(["nowhere.at_all.Classifier"]), pytest.raises(ConfigError, match="cannot import 'nowhere.at_all'"):
         build_head("sklearn", 4, 2, estimator="nowhere.at_all.Classifier")
     with pytest.raises(ConfigError, match="k must be at least 1"):
         build_head("knn", 4, 2, k=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,10 +60,18 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr
-    first = out.stdout.splitlines()[0]
-    accuracy = float(first.split()[1])
+    lines = out.stdout.splitlines()
+    accuracy = float(lines[0].split()[1])
     assert accuracy >= 0.7, out.stdout  # 10 classes: chance is 0.1; real ImageNet features give ~0.8
+    # every figure names its split; the test figure comes from images that chose nothing
+    assert "on the test split: 200 held-out" in lines[0] and "chose nothing" in lines[0]
+    assert lines[1].startswith("validation: ") and "5-fold cross-validation on the train split" in lines[1]
+    assert lines[2].startswith("train: ") and "800 images" in lines[2]
     run = tmp_path / "demo" / "run"
-    for name in ("config.json", "head.safetensors", "report.json", "curves.png", "confusion.png", "sweep.json"):
+    for name in ("config.json", "head.safetensors", "report.json", "curves.png", "confusion.png"):
         assert (run / name).is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["val"] is None and config["train"]["n_train"] == 800  # the test cache chose nothing
+    test_report = json.loads((run / "eval-test" / "report.json").read_text())
+    assert abs(test_report["accuracy"] - accuracy) < 1e-3
     assert str(run) in out.stdout and "confusion.png" in out.stdout

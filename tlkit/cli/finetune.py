@@ -101,6 +101,8 @@ class _Progress:
         if self.quiet:
             return
         if ev.kind == "start":
+            if ev.message:
+                click.echo(ev.message, err=True)
             render_freeze(ev.freeze, f"freeze plan: {ev.plan} ({ev.epochs} epochs)", err=True)
             if ev.epoch:
                 click.echo(f"resuming after epoch {ev.epoch}", err=True)
@@ -142,16 +144,18 @@ class _Progress:
 @click.option("--val-split", type=float, help="Fraction of TRAIN held out for validation (default 0.2; 0 = none).")
 @click.option("--weights", help="pretrained (default), none, or a local weights file/directory.")
 @click.option("--input-size", type=int, help="Override an image model's input size (pixels).")
-@click.option("--head", help="Head type (default mlp; with --init-head, the probe's).")
+@click.option("--head", help="Head type (default linear, from a probe; with --init-head, the probe's).")
 @click.option("--head-param", "head_params", multiple=True, metavar="KEY=VALUE", help="Head parameter (repeatable).")
-@click.option("--unfreeze", metavar="SPEC", help="Blocks to train: none, all, last:N, from:NAME, names/globs.")
+@click.option(
+    "--unfreeze", metavar="SPEC", help="Blocks to train: all (default), none, last:N, from:NAME, names/globs."
+)
 @click.option("--schedule", metavar="PHASES", help='Explicit phases, e.g. "head:2,last:1:2,last:3:4".')
 @click.option("--gradual", is_flag=True, help="Unfreeze one more block (top-down) every --gradual-every epochs.")
 @click.option("--gradual-every", type=int, default=1, show_default=True, help="Epochs between unfreezing steps.")
-@click.option("--head-epochs", type=int, help="Head-only epochs first (default 1, or 0 with --init-head).")
-@click.option("--epochs", type=int, help="Total epochs (default 5; a --schedule sets its own).")
+@click.option("--head-epochs", type=int, help="Head-only epochs first (default 0 from a probe, else 1).")
+@click.option("--epochs", type=int, help="Total epochs (default 10, text 3; a --schedule sets its own).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate.")
-@click.option("--backbone-lr-ratio", type=float, help="Backbone rate = --lr × this (default 0.01).")
+@click.option("--backbone-lr-ratio", type=float, help="Backbone rate = --lr × this (default 0.1).")
 @click.option("--backbone-lr", type=float, help="Absolute backbone rate (instead of the ratio).")
 @click.option("--layer-decay", type=float, help="Each block below the top gets this factor once more, e.g. 0.75.")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="Not applied to norms and biases.")
@@ -168,6 +172,12 @@ class _Progress:
 @click.option("--augment", help="Training augmentation: default (the backbone's), none, or a plugin policy.")
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)
 @click.option("--init-head", type=EXISTING, help="Start from a head run of tlkit train (LP-FT).")
+@click.option(
+    "--linear-probe/--no-linear-probe",
+    default=None,
+    help="Fit a linear probe on frozen features first and start the head from it (LP-FT). Default: on unless "
+    "--head or --init-head is given.",
+)
 @click.option("--early-stopping", type=int, metavar="N", help="Stop after N epochs without improvement.")
 @click.option("--monitor", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy", show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0 = off).")
@@ -200,9 +210,11 @@ def finetune_cmd(
     init_head: pathlib.Path | None,
     **options: Any,
 ) -> None:
-    """Fine-tune BACKBONE on the labelled data in TRAIN: head first, then chosen blocks at a lower rate.
+    """Fine-tune BACKBONE on the labelled data in TRAIN. By default (LP-FT): a linear probe on frozen features
+    first, then every block at a tenth of the head's rate, keeping the best epoch on a validation split.
 
     \b
+    tlkit finetune timm/resnet18 data/train -o runs/ft
     tlkit finetune timm/resnet18 data/train -o runs/ft --unfreeze last:2
     tlkit finetune timm/resnet18 data/train -o runs/ft --schedule "head:2,last:1:2,last:3:4"
     tlkit finetune timm/resnet18 data/train -o runs/ft --init-head runs/probe   # LP-FT
@@ -272,7 +284,7 @@ def _report(result: Any, as_json: bool) -> None:
 @click.option("--weights", help="pretrained (default), none, or a local path.")
 @click.option("--input-size", type=int, help="Override an image model's input size.")
 @click.option("--head", help="Head type (default mlp).")
-@click.option("--backbone-lr-ratio", type=float, help="Backbone rate = head rate × this (default 0.01).")
+@click.option("--backbone-lr-ratio", type=float, help="Backbone rate = head rate × this (default 0.1).")
 @click.option("--layer-decay", type=float)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)

@@ -41,8 +41,9 @@ class TrainProgress:
     def __call__(self, ev: Any) -> None:
         if self.quiet:
             return
-        if ev.kind == "layer":
-            self._bar("probing layers", ev.steps).update(ev.step - 1, ev.message)
+        if ev.kind in ("layer", "cv"):
+            label = "probing layers" if ev.kind == "layer" else "cross-validating"
+            self._bar(label, ev.steps).update(ev.step - (ev.kind == "layer"), ev.message)
         elif ev.kind == "epoch":
             if ev.epochs <= 1:  # a one-shot fit (k-NN, scikit-learn): no bar to draw
                 return
@@ -110,9 +111,31 @@ def print_sweep(scores: list[Any], best_lr: float | None, best_wd: float | None)
         for wd in wds:
             s = cell.get((lr, wd))
             mark = " *" if (lr, wd) == (best_lr, best_wd) else ""
-            row.append(f"{s.val_accuracy:.4f}{mark}" if s else "")
+            std = f" ± {s.val_accuracy_std:.3f}" if s and s.val_accuracy_std is not None else ""
+            row.append(f"{s.val_accuracy:.4f}{std}{mark}" if s else "")
         rows.append(row)
-    print_table(["lr \\ wd", *[f"{wd:g}" for wd in wds]], rows, title="sweep: best validation accuracy")
+    cv = any(s.val_accuracy_std is not None for s in scores)
+    title = "sweep: best mean accuracy over the CV folds" if cv else "sweep: best validation accuracy"
+    print_table(["lr \\ wd", *[f"{wd:g}" for wd in wds]], rows, title=title)
+
+
+def _mean_std(score: dict[str, Any]) -> str:
+    std = score.get("accuracy_std")
+    return f"{score['accuracy']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def print_candidates(candidates: list[dict[str, Any]], selection: dict[str, Any]) -> None:
+    """The ``auto`` head's regularisation path: each L2 strength with its cross-validated accuracy and loss."""
+    from tlkit.cli.group import print_table
+
+    chosen = (selection.get("chosen") or {}).get("lambda")
+    rows = [
+        [f"{c['lambda']:.0e}" + (" *" if c["lambda"] == chosen else ""),
+         _mean_std({"accuracy": c["cv_accuracy"], "accuracy_std": c["cv_accuracy_std"]}), f"{c['cv_loss']:.4f}"]
+        for c in candidates
+    ]  # fmt: skip
+    title = f"auto: {selection.get('folds')}-fold cross-validation"
+    print_table(["L2 strength", "CV accuracy", "CV loss"], rows, title=title)
 
 
 def print_run_files(run_dir: pathlib.Path) -> None:
@@ -142,27 +165,56 @@ def raw_item_options(stage: str) -> Callable[[_F], _F]:
     return add
 
 
+#: ``--allow-estimator``, on train, predict and evaluate (docs/security.md).
+allow_estimator_option = click.option(
+    "--allow-estimator",
+    "allow_estimators",
+    multiple=True,
+    metavar="PATH",
+    help="Trust this estimator class outside scikit-learn (e.g. xgboost.XGBClassifier) for sklearn heads "
+    "(repeatable; also TLKIT_ALLOW_ESTIMATORS).",
+)
+
+
 @click.command("train")
-@click.argument("cache", type=EXISTING)
+@click.argument("cache", type=PATH)  # not EXISTING: the library says why a cache is absent (being written, interrupted)
 @click.option("-o", "--output", type=PATH, required=True, help="Run directory to write.")
-@click.option("--val", type=EXISTING, help="Validation cache (same backbone and classes). Default: --val-split 0.2.")
+@click.option(
+    "--val",
+    type=PATH,
+    help="Validation cache (same backbone and classes); --sweep and --layer auto then choose on it. Default: "
+    "the auto head and --sweep cross-validate on CACHE, other heads hold out --val-split 0.2.",
+)
 @click.option(
     "--val-split", type=float, default=None, help="Stratified share of CACHE held out for validation (0: none)."
 )
 @click.option(
-    "--head", default=None, help="Head type: linear, mlp (default), knn, sklearn, sklearn:ALIAS, or a plugin's."
+    "--head",
+    default=None,
+    help="Head type: auto (default: logistic regression, L2 strength by k-fold CV), linear, mlp, knn, sklearn, "
+    "sklearn:ALIAS, or a plugin's.",
 )
 @click.option("--param", "head_params", multiple=True, metavar="KEY=VALUE", help="Head parameter (repeatable).")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs (torch heads).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="AdamW weight decay.")
 @click.option("--batch-size", type=int, default=None, help="Batch size. Default: an eighth of the rows, 32 to 1024.")
-@click.option("--layer", help="A cached layer to train on, or 'auto' to probe every cached layer and keep the best.")
+@click.option(
+    "--layer",
+    help="A cached layer to train on, or 'auto' to probe every cached layer and keep the best (by k-fold CV).",
+)
 @click.option("--views", is_flag=True, help="Sample one cached augmented view per item per epoch.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), help="Weigh the loss by inverse class frequency.")
 @click.option("--early-stopping", type=int, metavar="N", help="Stop after N epochs without a better validation score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed, same result.")
-@click.option("--sweep", is_flag=True, help="Train a grid of linear probes (lr x weight decay) at once; keep the best.")
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="Train a grid of linear probes (lr x weight decay) at once; keep the best by k-fold CV.",
+)
+@click.option(
+    "--folds", type=int, default=5, show_default=True, help="Cross-validation folds (auto head, --sweep, --layer auto)."
+)
 @click.option("--sweep-lr", "sweep_lrs", metavar="LR,...", help="Learning rates of the sweep grid.")
 @click.option("--sweep-wd", "sweep_wds", metavar="WD,...", help="Weight decays of the sweep grid.")
 @click.option(
@@ -173,6 +225,7 @@ def raw_item_options(stage: str) -> Callable[[_F], _F]:
 )
 @click.option("--device", default="auto", show_default=True, help=option_help("device", "train"))
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@allow_estimator_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train_cmd(
@@ -191,8 +244,9 @@ def train_cmd(
 
     \b
     Examples:
-      tlkit train feats.h5 -o run                          # MLP head, 20% held out
-      tlkit train feats.h5 -o run --sweep                  # grid of linear probes
+      tlkit train feats.h5 -o run                          # logistic regression, L2 by 5-fold CV
+      tlkit train feats.h5 -o run --head mlp               # MLP head, 20% held out
+      tlkit train feats.h5 -o run --sweep                  # grid of linear probes, chosen by CV
       tlkit train feats.h5 -o run --head sklearn:logreg --param C=0.5
       tlkit train feats.h5 -o run --layer auto --val val.h5
     """
@@ -218,6 +272,7 @@ def train_cmd(
                 "stopped_early": result.stopped_early,
                 "sweep": [s.to_dict() for s in result.sweep] if result.sweep else None,
                 "layer_scores": result.layer_scores,
+                "selection": result.selection,
                 "seconds": result.seconds,
             }
         )
@@ -225,9 +280,14 @@ def train_cmd(
     if result.layer_scores:
         from tlkit.cli.group import print_table
 
-        rows = [[name, f"{acc:.4f}" + (" *" if name == (result.layer or "features") else "")] for name, acc in
-                result.layer_scores.items()]  # fmt: skip
-        print_table(["layer", "probe val accuracy"], rows, title="layers")
+        layers = (result.selection or {}).get("layers") or {}
+        rows = [[name, _mean_std(layers.get(name, {"accuracy": acc})) + (" *" if name == (result.layer or "features")
+                 else "")] for name, acc in result.layer_scores.items()]  # fmt: skip
+        on = {score.get("on") for score in layers.values()}
+        print_table(["layer", "probe accuracy " + ("(CV)" if on == {"cv"} else "(val)")], rows, title="layers")
+    candidates = (result.selection or {}).get("candidates")
+    if candidates:
+        print_candidates(candidates, result.selection or {})
     if result.sweep:
         print_sweep(result.sweep, result.best_lr, result.best_weight_decay)
     click.echo(result.summary())
@@ -240,26 +300,42 @@ def train_cmd(
 @click.option("-o", "--output", type=PATH, required=True, help="CSV file to write (id, predicted, top-k).")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Classes with probabilities per item.")
 @raw_item_options("predict")
+@allow_estimator_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict_cmd(
-    run_dir: pathlib.Path, input: pathlib.Path, output: pathlib.Path, top_k: int, quiet: bool, **runtime: Any
+    run_dir: pathlib.Path,
+    input: pathlib.Path,
+    output: pathlib.Path,
+    top_k: int,
+    quiet: bool,
+    allow_estimators: tuple[str, ...],
+    **runtime: Any,
 ) -> None:
     """Predict classes for raw items or a feature cache with a trained run (tlkit train or tlkit finetune).
 
     Raw items are extracted with the run's backbone first; a cache must come from the same backbone (its
     fingerprint is checked).
     """
+    from tlkit.heads.sklearn_head import allowing
     from tlkit.inference.prediction import predict
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
-    with contextlib.closing(ExtractProgress(quiet)) as progress:
+    with contextlib.closing(ExtractProgress(quiet)) as progress, allowing(allow_estimators):
         preds = predict(run_dir, input, output=output, top_k=top_k, progress=progress, **runtime)
     counts: dict[str, int] = {}
     for name in preds.predicted_names:
         counts[name] = counts.get(name, 0) + 1
     spread = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
     skipped = f" ({len(preds.skipped)} skipped)" if preds.skipped else ""
+    if preds.skipped:
+        from tlkit.data.ids import display_id
+        from tlkit.inference.results import skipped_path
+
+        for item_id, reason in preds.skipped[:5]:
+            click.echo(f"skipped {display_id(item_id)}: {reason}", err=True)
+        more = f"{len(preds.skipped) - 5} more; " if len(preds.skipped) > 5 else ""
+        click.echo(f"... {more}all skipped items are listed in {skipped_path(output)}", err=True)
     click.echo(f"{len(preds)} predictions{skipped} -> {output}  [{spread}]")
 
 
@@ -268,6 +344,7 @@ def predict_cmd(
 @click.argument("input", type=EXISTING)
 @click.option("-o", "--output-dir", type=PATH, help="Where to write report.json, predictions.csv, confusion.png.")
 @raw_item_options("predict")
+@allow_estimator_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate_cmd(
@@ -276,16 +353,18 @@ def evaluate_cmd(
     output_dir: pathlib.Path | None,
     as_json: bool,
     quiet: bool,
+    allow_estimators: tuple[str, ...],
     **runtime: Any,
 ) -> None:
     """Metrics and plots of a trained run on a labelled set (raw items, or a cache for head runs).
 
     Writes report.json, predictions.csv and confusion.png to --output-dir (default RUN_DIR/eval-<input name>).
     """
+    from tlkit.heads.sklearn_head import allowing
     from tlkit.inference.prediction import evaluate
 
     out = output_dir or run_dir / f"eval-{input.stem or input.name}"
-    with contextlib.closing(ExtractProgress(quiet or as_json)) as progress:
+    with contextlib.closing(ExtractProgress(quiet or as_json)) as progress, allowing(allow_estimators):
         result = evaluate(run_dir, input, output_dir=out, progress=progress, **runtime)
     if as_json:
         from tlkit.cli.group import echo_json
@@ -310,8 +389,9 @@ def evaluate_cmd(
 def demo_cmd(output: pathlib.Path, backbone: str | None, device: str, quiet: bool) -> None:
     """Run the whole feature-extraction job on a small Fashion-MNIST sample that ships with tlkit, offline.
 
-    Extracts features with EfficientNet-Lite0's ImageNet weights, trains a grid of linear probes on them, evaluates
-    the best on held-out images, and says where the run and its plots are.
+    Extracts features with EfficientNet-Lite0's ImageNet weights, trains the default head on the train split (its
+    L2 strength chosen by 5-fold cross-validation there), prints its accuracy on a test split that chose nothing,
+    each figure labelled with its split, and says where the run and its plots are.
     """
     from tlkit.demo import DEMO_BACKBONE, run_demo
 

@@ -28,6 +28,7 @@ from tlkit.errors import BadInputError
 from tlkit.finetuning.evaluation import BestEpoch, predict, validation_metrics
 from tlkit.finetuning.freeze import FreezeRow, freeze_report
 from tlkit.finetuning.optim import backbone_rate, block_rates
+from tlkit.finetuning.options import DEFAULT_IMAGE_AUGMENT
 from tlkit.finetuning.prepare import (
     build_model,
     check_resume,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from tlkit.data.base import Dataset
     from tlkit.finetuning.data import LoaderBatch
     from tlkit.finetuning.options import FinetuneInputs, FinetuneOptions
+    from tlkit.finetuning.probe_head import StartProbe
     from tlkit.finetuning.run_files import RunFiles
     from tlkit.runtime import Runtime
 
@@ -68,6 +70,8 @@ class Finetuner:
         self.files = self._run_files(inputs.output)
         self.skipped: dict[str, Any] = {}
         self.global_step = 0
+        #: What the run did before training (the start probe), for the ``start`` event.
+        self.start_message = ""
 
     def _run_files(self, output: str | os.PathLike[str]) -> RunFiles:
         from tlkit.finetuning.run_files import RunFiles
@@ -109,13 +113,37 @@ class Finetuner:
         self.existing = existing_run(self.files, inputs.resume)
         if self.existing is not None:
             check_resume(self.files.dir, self.existing, self.args, self.data.info)
-        self.built = build_model(self.backbone, opts, self.class_names)
+        self.built = build_model(self.backbone, opts, self.class_names, self._start_probe())
         self.model = self.built.model
-        self.plan, self.trainable_by_phase = phase_plan(opts, self.model.blocks)
+        self.plan, self.trainable_by_phase = phase_plan(opts, self.model.blocks, self.backbone.modality)
         self._build_optimizer()
         self._build_loaders()
         self.freeze = self._freeze_report()
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+
+    def _start_probe(self) -> StartProbe | None:
+        """LP-FT by default: a linear probe fitted on frozen features of the training split, to start the head from
+        (``None`` when the run has a head or a probe of its own, or resumes from a checkpoint that holds the head)."""
+        from tlkit.finetuning.probe_head import fit_start_probe
+
+        if not self.opts.starts_from_probe():
+            return None
+        if self.existing is not None and self.files.checkpoint_meta() is not None:
+            return None
+        start = fit_start_probe(
+            self.backbone, self.data.train, len(self.class_names), self.runtime, self.opts.batch_size, self.opts.seed
+        )
+        chosen = start.summary()
+        if chosen["cv_accuracy"] is not None:
+            message = (
+                f"linear probe on {start.items} frozen embeddings: {chosen['cv_accuracy']:.3f} ± "
+                f"{chosen['cv_accuracy_std']:.3f} cross-validated accuracy (L2 strength {chosen['lambda']:.1e}); "
+                f"fine-tuning starts from it"
+            )
+        else:
+            message = f"linear probe on {start.items} frozen embeddings (too few per class to cross-validate)"
+        self.start_message = message
+        return start
 
     def _build_optimizer(self) -> None:
         import torch
@@ -124,7 +152,7 @@ class Finetuner:
         from tlkit.runtime.batching import prefers_channels_last
 
         opts, blocks = self.opts, self.model.blocks
-        backbone_lr = backbone_rate(opts.lr, opts.backbone_lr_ratio, opts.backbone_lr)
+        backbone_lr = backbone_rate(opts.lr, opts.backbone_lr_ratio, opts.backbone_lr, self.backbone.modality)
         self.rates = block_rates([b.name for b in blocks], backbone_lr, opts.layer_decay)
         self.model.to(self.device)
         # CNN speed: NHWC convolutions (the same rule as extraction), and cuDNN autotuning on fixed-size images
@@ -144,7 +172,10 @@ class Finetuner:
         from tlkit.finetuning.data import EpochSampler, ItemDataset, make_loader
 
         opts, bb = self.opts, self.backbone
-        train_bb = bb if opts.augment in (None, "default", "none") else bb.replace(augment=opts.augment)
+        augment = opts.augment
+        if augment is None and bb.modality == "image" and bb.augment is None:
+            augment = DEFAULT_IMAGE_AUGMENT  # fine-tuning's default: a light crop and flip (docs/finetuning.md)
+        train_bb = bb if augment in (None, "default", "none") else bb.replace(augment=augment)
         self.train_items = ItemDataset(self.data.train, train_bb, train=opts.augment != "none")
         self.sampler: Any = EpochSampler(len(self.train_items), opts.seed)
         drop_last = opts.bn_policy == "train" and len(self.train_items) > opts.batch_size
@@ -176,7 +207,6 @@ class Finetuner:
         bb, built = self.backbone, self.built
         init = bb.init_kwargs()
         weights = init.pop("weights")
-        probe = built.probe
         return new_config(
             "finetune",
             backbone={
@@ -199,9 +229,15 @@ class Finetuner:
             args=self.args,
             runtime=self.runtime.to_dict(),
             plan=self.plan.to_list(),
-            init_head={"run": str(probe.run_dir), "fingerprint": probe.fingerprint} if probe else None,
+            init_head=self._init_head_record(),
             status="running",
         )
+
+    def _init_head_record(self) -> dict[str, Any] | None:
+        probe, start = self.built.probe, self.built.start
+        if probe is not None:
+            return {"run": str(probe.run_dir), "fingerprint": probe.fingerprint}
+        return start.summary() if start is not None else None
 
     # -- the run -----------------------------------------------------------------------------------------------------
     def run(self) -> FinetuneResult:
@@ -220,12 +256,23 @@ class Finetuner:
         self.best = BestEpoch(self.opts.monitor, self.opts.early_stopping)
         start_epoch, history = self._start()
         self.files.write_metrics(history)
-        self._emit("start", epochs=total, freeze=self.freeze, plan=self.plan.describe(), epoch=start_epoch)
+        self._emit(
+            "start", epochs=total, freeze=self.freeze, plan=self.plan.describe(), epoch=start_epoch,
+            message=self.start_message,
+        )  # fmt: skip
+        if start_epoch == 0 and self.built.start is not None and self.val_loader is not None:
+            self._validate_start()
         epoch = start_epoch
         while epoch < total and not self.best.stopped:
             self._epoch(epoch, start_epoch, history)
             epoch += 1
         return self._finish(history, epoch, start_epoch if self.resumed else None)
+
+    def _validate_start(self) -> None:
+        """Epoch 0: the model as it starts (frozen backbone, head from the start probe) is the first candidate for the
+        best model on validation, so a run keeps the probe when no epoch of fine-tuning beats it."""
+        if self.best.update(self._validate(), 0, self.plan.total_epochs):
+            self.files.save_best(self.model, {"epoch": 0, "best": self.best.best})
 
     def _start(self) -> tuple[int, list[dict[str, Any]]]:
         """A fresh run writes its config; a resumed one restores its last checkpoint. Returns the first epoch to
@@ -291,6 +338,10 @@ class Finetuner:
                 self._optimizer_step(params)
             if self.callback is not None:
                 self._emit_step(meter, epoch, phase_index, i + 1, n_batches)
+        if not meter.seen:  # every training item was skipped: an error, never a run that trained on nothing
+            first = next(iter(self.skipped.values()), None)
+            why = f" (first: {first.id}: {first.reason})" if first is not None else ""
+            raise BadInputError(f"{self.data.train.root}: none of the training items could be used{why}")
         return meter.row(opts.lr * factor)
 
     def _forward_backward(self, batch: LoaderBatch, meter: EpochMeter) -> None:
@@ -379,7 +430,7 @@ class Finetuner:
             report=report,
             evaluated_on=evaluated_on,
             monitor=self.opts.monitor if self.val_loader is not None else "last epoch",
-            best_epoch=int(self.best.best.get("epoch") or epochs_run),
+            best_epoch=int(self.best.best["epoch"]) if self.best.best.get("value") is not None else epochs_run,
             best_value=self.best.best.get("value"),
             epochs_run=epochs_run,
             total_epochs=self.plan.total_epochs,

@@ -42,9 +42,17 @@ def resolve_unfreeze(spec: str, blocks: Sequence[Block | str]) -> list[str]:
     """The names of the blocks ``spec`` unfreezes, in the backbone's order (earliest first).
 
     Raises :class:`ConfigError` for a malformed spec or a block name the backbone does not have; the message
-    lists the available block names.
+    lists the available block names. Blocks whose output does not reach the pooled embedding
+    (``Block.reaches_output`` false) are not offered: ``all`` and ``last:N`` skip them, and naming one is an error.
     """
-    names = _names(blocks)
+    unused = [b.name for b in blocks if not isinstance(b, str) and not b.reaches_output]
+    names = [n for n in _names(blocks) if n not in unused]
+    for part in (spec or "").replace("+", ",").replace("from:", "").split(","):
+        if part.strip() in unused:
+            raise ConfigError(
+                f"block {part.strip()!r} in unfreeze spec {spec!r} does not reach the pooled embedding (its output is "
+                f"unused), so training it changes nothing; the blocks to unfreeze are: {', '.join(names)}"
+            )
     text = (spec or "").strip()
     if not text:
         raise ConfigError("empty unfreeze spec; use none, all, last:N, from:NAME or block names")
@@ -181,7 +189,8 @@ def freeze_preview(
     head_lr = DEFAULT_HEAD_LR if lr is None else lr
     blocks = backbone.blocks()
     trainable = resolve_unfreeze(unfreeze, blocks)
-    rates = block_rates([b.name for b in blocks], backbone_rate(head_lr, backbone_lr_ratio, backbone_lr), layer_decay)
+    base = backbone_rate(head_lr, backbone_lr_ratio, backbone_lr, backbone.modality)
+    rates = block_rates([b.name for b in blocks], base, layer_decay)
     policy = BatchNormPolicy(backbone.module, blocks, bn_policy or DEFAULT_BN_POLICY)
     policy.set_trainable(trainable)
     rows = freeze_report(backbone.module, blocks, trainable, rates, policy.block_modes(blocks), 0, head_lr)

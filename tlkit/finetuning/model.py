@@ -85,7 +85,13 @@ class TransferModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
-        logits: torch.Tensor = self.head(self.backbone_wrapper.embed(batch))
+        features = self.backbone_wrapper.embed(batch)
+        if not self.__dict__.get("_output_checked"):  # the contract's check of the first batch (width, modality)
+            from tlkit.contract.backbone import check_first_output
+
+            check_first_output(self.backbone_wrapper, features)
+            self.__dict__["_output_checked"] = True
+        logits: torch.Tensor = self.head(features)
         return logits
 
     def preprocess(self, items: Sequence[Any]) -> Batch:
@@ -105,10 +111,13 @@ class TransferModel(nn.Module):
         ``model.class_names`` for the logit order. The backbone's weights differ from the base model's, so features
         cached from the base backbone must not be fed to this model's head.
 
-        Raises :class:`tlkit.errors.BadInputError` for a missing or damaged run, or a run of another kind.
+        The config's head must be a registered torch head with plain parameters, and ``model.safetensors`` must
+        match its checksum, before anything is built. Raises :class:`tlkit.errors.BadInputError` for a missing,
+        damaged or crafted run, or a run of another kind.
         """
+        from tlkit.heads.allow import check_head_record
         from tlkit.heads.torch_heads import build_head
-        from tlkit.runs.rundir import MODEL_WEIGHTS, load_tensors, read_config
+        from tlkit.runs.rundir import CONFIG, MODEL_WEIGHTS, load_tensors, read_config
 
         run_dir = Path(run_dir)
         config = read_config(run_dir)
@@ -117,18 +126,20 @@ class TransferModel(nn.Module):
                 f"{run_dir}: a {config.get('kind')!r} run, not a fine-tuned model; TransferModel.from_run needs a "
                 f"run written by tlkit finetune"
             )
-        backbone = rebuild_backbone(config["backbone"])
         head_cfg = config["head"]
-        head = build_head(head_cfg["name"], int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **head_cfg["params"])
+        name, params = check_head_record(head_cfg, run_dir / CONFIG, torch_only=True)  # before anything is built
+        fix = "copy the run directory again, or rerun tlkit finetune"
+        state = load_tensors(run_dir / MODEL_WEIGHTS, fix)
+        backbone = rebuild_backbone(config["backbone"])
+        head = build_head(name, int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **params)
         model = cls(backbone, head, class_names=config.get("class_names", []), config=config)
-        state = load_tensors(run_dir / MODEL_WEIGHTS)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BadInputError(
                 f"{run_dir / MODEL_WEIGHTS}: weights do not fit {config['backbone']['name']} + head "
-                f"{head_cfg['name']} ({first}); the run directory is damaged or from another tlkit version"
+                f"{name} ({first}); the run directory is damaged or from another tlkit version"
             ) from exc
         return model.to(device).eval()
 

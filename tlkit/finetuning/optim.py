@@ -6,9 +6,9 @@ learning rate 0 with ``requires_grad`` off. Unfreezing later only changes rates 
 structure, so optimizer state saves and resumes at any epoch of any phase (the failure of Lightning issue 6891),
 and a DDP wrapper sees the same parameters throughout.
 
-Rates: the head gets ``lr`` (default 1e-3); the backbone gets ``lr × backbone_lr_ratio`` (default 0.01, so 1e-5) or
-an explicit ``backbone_lr``. With ``layer_decay`` d, the top block keeps the backbone rate and each block below it
-is multiplied by d once more: block k from the top (k = 0 for the last) gets ``backbone_lr × d**k``.
+Rates: the head gets ``lr`` (default 1e-3); the backbone gets ``lr × backbone_lr_ratio`` (default 0.1, so 1e-4; 0.03
+for text) or an explicit ``backbone_lr``. With ``layer_decay`` d, the top block keeps the backbone rate and each block
+below it is multiplied by d once more: block k from the top (k = 0 for the last) gets ``backbone_lr × d**k``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ if TYPE_CHECKING:
     from tlkit.contract.backbone import Block
 
 DEFAULT_HEAD_LR = 1e-3
-DEFAULT_BACKBONE_LR_RATIO = 0.01
+DEFAULT_BACKBONE_LR_RATIO = 0.1
+#: The default ratio where a modality's measured recipe differs: text transformers at 3e-5 (docs/finetuning.md).
+BACKBONE_LR_RATIO_BY_MODALITY = {"text": 0.03}
 OPTIMIZERS = ("adamw", "sgd")
 HEAD = "head"
 
 
-def backbone_rate(head_lr: float, backbone_lr_ratio: float | None, backbone_lr: float | None) -> float:
-    """The backbone's base rate from the head rate and either a ratio or an absolute rate (not both)."""
+def backbone_rate(
+    head_lr: float, backbone_lr_ratio: float | None, backbone_lr: float | None, modality: str | None = None
+) -> float:
+    """The backbone's base rate from the head rate and either a ratio or an absolute rate (not both); without
+    either, the default ratio for the backbone's ``modality``."""
     if backbone_lr_ratio is not None and backbone_lr is not None:
         raise ConfigError(
             "give {backbone_lr_ratio} or {backbone_lr}, not both", params=("backbone_lr_ratio", "backbone_lr")
@@ -42,7 +47,8 @@ def backbone_rate(head_lr: float, backbone_lr_ratio: float | None, backbone_lr: 
         if backbone_lr < 0:
             raise ConfigError(f"{{param}} must be ≥ 0, not {backbone_lr}", param="backbone_lr")
         return float(backbone_lr)
-    ratio = DEFAULT_BACKBONE_LR_RATIO if backbone_lr_ratio is None else backbone_lr_ratio
+    default = BACKBONE_LR_RATIO_BY_MODALITY.get(modality or "", DEFAULT_BACKBONE_LR_RATIO)
+    ratio = default if backbone_lr_ratio is None else backbone_lr_ratio
     if ratio < 0:
         raise ConfigError(f"{{param}} must be ≥ 0, not {ratio}", param="backbone_lr_ratio")
     return float(head_lr * ratio)

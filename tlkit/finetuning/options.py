@@ -25,9 +25,15 @@ if TYPE_CHECKING:
     from tlkit.data.base import Dataset
     from tlkit.runtime import RuntimeOptions
 
-DEFAULT_EPOCHS = 5
-DEFAULT_HEAD = "mlp"
-DEFAULT_UNFREEZE = "last:1"
+#: Epochs when neither ``epochs`` nor a ``schedule`` is given: :data:`EPOCHS_BY_MODALITY` for the backbone's
+#: modality, else this (measured: docs/finetuning.md).
+DEFAULT_EPOCHS = 10
+EPOCHS_BY_MODALITY = {"text": 3}
+#: The head when none is given: linear, started from a linear probe on frozen features (LP-FT, ``linear_probe``).
+DEFAULT_HEAD = "linear"
+DEFAULT_UNFREEZE = "all"
+#: An image backbone's training augmentation when neither ``augment`` nor the backbone's own option is given.
+DEFAULT_IMAGE_AUGMENT = "light"
 DEFAULT_VAL_SPLIT = 0.2
 MONITORS = ("val_accuracy", "val_loss")
 ON_ERROR = ("skip", "fail")
@@ -61,6 +67,7 @@ class FinetuneOptions:
     augment: str | None = None
     bn_policy: str = DEFAULT_BN_POLICY
     init_head: str | None = None
+    linear_probe: bool | None = None
     early_stopping: int | None = None
     monitor: str = "val_accuracy"
     grad_clip: float | None = 1.0
@@ -99,7 +106,27 @@ class FinetuneOptions:
         if self.monitor not in MONITORS:
             raise ConfigError(f"{{param}} must be one of {', '.join(MONITORS)}, not {self.monitor!r}", param="monitor")
 
+    def starts_from_probe(self) -> bool:
+        """Whether the run first fits a linear probe on frozen features of its training split and starts the head
+        from it (LP-FT): ``linear_probe``, by default on when neither ``head`` nor ``init_head`` is given."""
+        if self.init_head:
+            return False
+        return self.head is None if self.linear_probe is None else self.linear_probe
+
+    def default_epochs(self, modality: str) -> int:
+        """``epochs``, or the default for a backbone of ``modality``."""
+        return self.epochs if self.epochs is not None else EPOCHS_BY_MODALITY.get(modality, DEFAULT_EPOCHS)
+
     def _check_phases(self) -> None:
+        if self.linear_probe and self.init_head:
+            raise ConfigError(
+                "{init_head} already starts from a probe; drop {linear_probe}", params=("init_head", "linear_probe")
+            )
+        if self.linear_probe and self.head not in (None, DEFAULT_HEAD):
+            raise ConfigError(
+                f"{{linear_probe}} starts a linear head; drop {{head}} {self.head!r} or {{linear_probe}}",
+                params=("linear_probe", "head"),
+            )
         if self.schedule and self.gradual:
             raise ConfigError("give {schedule} or {gradual}, not both", params=("schedule", "gradual"))
         if self.schedule and self.unfreeze is not None:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import BadInputError, ConfigError
 from tlkit.finetuning.freeze import resolve_unfreeze
 from tlkit.finetuning.options import (
-    DEFAULT_EPOCHS,
     DEFAULT_HEAD,
     DEFAULT_UNFREEZE,
     DEFAULT_VAL_SPLIT,
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone, Block
     from tlkit.data.base import Dataset
     from tlkit.finetuning.model import TransferModel
-    from tlkit.finetuning.probe_head import ProbeHead
+    from tlkit.finetuning.probe_head import ProbeHead, StartProbe
     from tlkit.finetuning.run_files import RunFiles
 
 
@@ -120,10 +119,14 @@ class BuiltModel:
     head_name: str
     head_params: dict[str, Any]
     probe: ProbeHead | None
+    start: StartProbe | None = None
 
 
-def build_model(backbone: Backbone, opts: FinetuneOptions, class_names: Sequence[str]) -> BuiltModel:
-    """Load the backbone and put a head on it: a random one, or the probe of ``opts.init_head``."""
+def build_model(
+    backbone: Backbone, opts: FinetuneOptions, class_names: Sequence[str], start: StartProbe | None = None
+) -> BuiltModel:
+    """Load the backbone and put a head on it: a random one, the probe of ``opts.init_head``, or ``start`` (the
+    linear probe a default run fitted on its own training split)."""
     import torch
 
     from tlkit.finetuning.model import TransferModel
@@ -148,6 +151,8 @@ def build_model(backbone: Backbone, opts: FinetuneOptions, class_names: Sequence
         raise ConfigError(
             f"head {head_name!r} is not trained by gradients; fine-tuning needs linear, mlp or another torch head"
         )
+    if start is not None:
+        head.load_state_dict(start.state, strict=True)
     if probe is not None:
         try:
             head.load_state_dict(probe.state, strict=True)
@@ -161,20 +166,21 @@ def build_model(backbone: Backbone, opts: FinetuneOptions, class_names: Sequence
     model.set_bn_policy(opts.bn_policy)
     if opts.grad_checkpointing and not backbone.set_grad_checkpointing(True):
         warnings.warn(f"{backbone.name} does not support gradient checkpointing; training without it", stacklevel=3)
-    return BuiltModel(model, head_name, head_params, probe)
+    return BuiltModel(model, head_name, head_params, probe, start)
 
 
-def phase_plan(opts: FinetuneOptions, blocks: Sequence[Block]) -> tuple[Plan, list[list[str]]]:
-    """The plan of phases, and the blocks each phase trains."""
+def phase_plan(opts: FinetuneOptions, blocks: Sequence[Block], modality: str = "image") -> tuple[Plan, list[list[str]]]:
+    """The plan of phases, and the blocks each phase trains (default epochs by the backbone's ``modality``)."""
     if opts.schedule:
         plan = parse_schedule(opts.schedule)
     else:
-        epochs = opts.epochs if opts.epochs is not None else DEFAULT_EPOCHS
+        epochs = opts.default_epochs(modality)
         unfreeze = opts.unfreeze or ("all" if opts.gradual else DEFAULT_UNFREEZE)
         targets = resolve_unfreeze(unfreeze, blocks)
         head_epochs = opts.head_epochs
-        if head_epochs is None:  # the seed's rule: a random head trains alone first; a probe already did
-            head_epochs = 0 if (opts.init_head or not targets) else (1 if epochs >= 2 else 0)
+        if head_epochs is None:  # a random head trains alone first; a probe (given or fitted) already did
+            starts_from_probe = opts.init_head or opts.starts_from_probe()
+            head_epochs = 0 if (starts_from_probe or not targets) else (1 if epochs >= 2 else 0)
         if opts.gradual:
             plan = gradual_plan(targets, epochs, head_epochs, opts.gradual_every)
         else:

@@ -1,4 +1,5 @@
-"""LP-FT: start fine-tuning from a head that ``tlkit train`` fitted on cached features (a linear probe).
+"""LP-FT: start fine-tuning from a linear probe: a head run of ``tlkit train`` (``--init-head``), or, by default, one
+that the run fits itself on frozen features of its training split (:func:`fit_start_probe`).
 
 A head run (config kind ``"head"``) holds ``head.safetensors`` and a config with ``backbone`` {name, weights,
 options, fingerprint}, ``head`` {name, kind, params, in_dim, n_classes} and ``class_names``. Its fingerprint must
@@ -9,18 +10,22 @@ start from the wrong place.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import BadInputError, FingerprintMismatchError
+from tlkit.heads.allow import check_head_record
 from tlkit.runs.rundir import HEAD_WEIGHTS, load_tensors, read_config
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from tlkit.contract.backbone import Backbone
+    from tlkit.data.base import Dataset
+    from tlkit.runtime import Runtime
 
 
 @dataclass
@@ -40,9 +45,10 @@ def load_probe_head(run_dir: str | os.PathLike[str], backbone: Backbone, class_n
     """Read a head run and check that it fits ``backbone`` and the training classes; clear errors otherwise."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    check_head_record(config.get("head"), run_dir / "config.json")  # registered, plain parameters, right kind
     _check(config, f"{{param}} {run_dir}", backbone, class_names)
     head = config["head"]
-    state = load_tensors(run_dir / HEAD_WEIGHTS)
+    state = load_tensors(run_dir / HEAD_WEIGHTS, "copy the run directory again, or rerun tlkit train")
     if state and all(k.startswith("head.") for k in state):
         state = {k[5:]: v for k, v in state.items()}
     return ProbeHead(
@@ -101,3 +107,92 @@ def _check(config: dict[str, Any], where: str, backbone: Backbone, class_names: 
             f"{backbone.spec.embed_dim}-d",
             param="init_head",
         )
+
+
+@dataclass
+class StartProbe:
+    """The linear probe a default run fits on frozen features of its training split before fine-tuning (LP-FT):
+    the weights of an ``nn.Linear`` head on raw embeddings, and what the cross-validation chose."""
+
+    state: dict[str, torch.Tensor]
+    selection: dict[str, Any]
+    items: int
+
+    def summary(self) -> dict[str, Any]:
+        chosen = self.selection.get("chosen") or {}
+        return {
+            "auto": True,
+            "items": self.items,
+            "lambda": chosen.get("lambda"),
+            "cv_accuracy": chosen.get("cv_accuracy"),
+            "cv_accuracy_std": chosen.get("cv_accuracy_std"),
+            "seconds": self.selection.get("seconds"),
+        }
+
+
+def frozen_features(
+    backbone: Backbone,
+    dataset: Dataset,
+    runtime: Runtime,
+    batch_size: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (evaluation transform, no gradients) and labels of ``dataset``; items that fail to load are left
+    out. The backbone is loaded and moved to the runtime's device."""
+    import numpy as np
+    import torch
+
+    from tlkit.contract.backbone import check_first_output
+    from tlkit.finetuning.data import EpochSampler, ItemDataset, make_loader
+    from tlkit.runtime.batching import to_device
+
+    backbone.load()
+    backbone.module.to(runtime.device)
+    items = ItemDataset(dataset, backbone, train=False)
+    loader = make_loader(items, batch_size or runtime.batch_size or 32, EpochSampler(len(items), 0, False), runtime)
+    feats: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    done = 0
+    was_training = backbone.module.training
+    backbone.module.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                done += len(batch) + len(batch.skipped)
+                if batch.inputs is not None:
+                    with runtime.autocast():
+                        out = backbone.embed(to_device(batch.inputs, runtime.device))
+                    if not feats:  # the contract's check of the first batch (width, modality)
+                        check_first_output(backbone, out)
+                    feats.append(out.float().cpu().numpy())
+                    ys.append(batch.labels.numpy())
+                if callback is not None:
+                    callback(done, len(items))
+    finally:
+        backbone.module.train(was_training)
+    if not feats:
+        raise BadInputError(f"{dataset.root}: no training item could be loaded")
+    return np.concatenate(feats), np.concatenate(ys)
+
+
+def fit_start_probe(
+    backbone: Backbone, dataset: Dataset, n_classes: int, runtime: Runtime, batch_size: int, seed: int = 0
+) -> StartProbe:
+    """LP-FT's first stage: a linear probe on frozen features of ``dataset``, its L2 strength chosen by k-fold
+    cross-validation (:func:`tlkit.heads.auto.fit_logistic_cv`, the default head of ``tlkit train``), with the
+    standardisation (scale floored as ``tlkit train`` floors it) folded into the weights."""
+    import torch
+
+    from tlkit.heads.auto import fit_logistic_cv
+    from tlkit.heads.fit import SCALE_FLOOR
+
+    x_np, y_np = frozen_features(backbone, dataset, runtime, batch_size)
+    x = torch.from_numpy(x_np).double()
+    y = torch.from_numpy(y_np).long()
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    scale = std.clamp_min(max(SCALE_FLOOR * float(std.median()), 1e-12))
+    theta, selection = fit_logistic_cv((x - mean) / scale, y, n_classes, seed=seed)
+    weight = theta[:, :-1] / scale
+    bias = theta[:, -1] - weight @ mean
+    state = {"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}
+    return StartProbe(state, selection.to_dict(), len(y))

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 class FinetuneEvent:
     """A progress event for the ``callback``.
 
-    ``kind`` is ``"start"`` (``freeze`` and ``plan`` filled), ``"phase"`` (``trainable`` filled), ``"epoch_start"``,
+    ``kind`` is ``"start"`` (``freeze`` and ``plan`` filled; ``message`` says how the head starts when a probe was
+    fitted), ``"phase"`` (``trainable`` filled), ``"epoch_start"``,
     ``"step"``, ``"epoch_end"`` (``metrics`` filled) or ``"done"``. ``epoch`` is 1-based; ``loss`` and ``accuracy``
     are running training averages for the epoch.
     """
@@ -50,7 +51,8 @@ class FinetuneResult:
         report: metrics of the saved model on the validation set (on the training set, eval transform, when
             there is no validation set; see ``evaluated_on``).
         evaluated_on: ``"val"`` or ``"train"``.
-        monitor, best_epoch, best_value: the metric that picked the saved model, its 1-based epoch and value.
+        monitor, best_epoch, best_value: the metric that picked the saved model, its 1-based epoch (0: the model as it
+            started, when it started from a fitted probe and no epoch beat it) and value.
         epochs_run, total_epochs: epochs completed, and epochs planned.
         stopped_early: whether early stopping ended the run.
         resumed_from: the epoch a ``resume=True`` run continued from (``None`` for a fresh run).

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import ConfigError
 from tlkit.heads.options import (
+    CROSS_VALIDATED,
     DEFAULT_EPOCHS,
+    DEFAULT_FOLDS,
     DEFAULT_LR,
     DEFAULT_LRS,
     DEFAULT_WDS,
@@ -64,6 +66,10 @@ class TrainResult:
         layer_scores: for ``layer="auto"``, the best validation accuracy of a linear probe on each layer.
         n_train, n_val: items used for training and validation.
         seconds: wall time of the whole call.
+        selection: what cross-validation tried and chose, as ``config.json`` records it under
+            ``train.selection``: for the ``auto`` head every regularisation strength with its CV accuracy (mean and
+            standard deviation over the folds) and the chosen one; for a sweep the grid's CV scores; for
+            ``layer="auto"`` each layer's score (``layers``).
     """
 
     run_dir: Path
@@ -83,6 +89,7 @@ class TrainResult:
     n_train: int
     n_val: int
     seconds: float
+    selection: dict[str, Any] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -91,12 +98,19 @@ class TrainResult:
     def summary(self) -> str:
         where = "validation" if self.evaluated_on == "val" else "training set (no validation)"
         text = f"{self.report.summary()} on {where}"
+        chosen = (self.selection or {}).get("chosen") or {}
+        if self.evaluated_on == "train" and "cv_accuracy" in chosen:  # the honest figure first
+            text = f"cross-validated accuracy {chosen['cv_accuracy']:.4f} ± {chosen['cv_accuracy_std']:.4f}; {text}"
         if self.epochs_run > 1:
             text += f"; best epoch {self.best_epoch}/{self.epochs_run}"
             text += " (stopped early)" if self.stopped_early else ""
         if self.sweep:
+            by = "cross-validation" if (self.selection or {}).get("folds") else "validation"
             text += f"; sweep of {len(self.sweep)} probes chose lr {self.best_lr:g}"
-            text += f", weight decay {self.best_weight_decay:g}"
+            text += f", weight decay {self.best_weight_decay:g} by {by}"
+        if "lambda" in chosen:
+            text += f"; logistic regression, L2 {chosen['lambda']:.0e} chosen by {self.selection['folds']}-fold CV"  # type: ignore[index]
+            text += f" (CV accuracy {chosen['cv_accuracy']:.4f} ± {chosen['cv_accuracy_std']:.4f})"
         if self.layer_scores:
             text += f"; layer {self.layer or FINAL}"
         return text
@@ -123,10 +137,12 @@ def train_head(
     sweep_lrs: Sequence[float] | None = None,
     sweep_wds: Sequence[float] | None = None,
     standardize: bool = True,
+    folds: int = DEFAULT_FOLDS,
     device: str = "auto",
     in_memory: bool | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    allow_estimators: Sequence[str] = (),
 ) -> TrainResult:
     """Train a head on a feature cache and write a run directory.
 
@@ -155,27 +171,30 @@ def train_head(
     :param in_memory: load features as tensors (``True``), stream them from the file (``False``), or decide from
         their size and the free memory (``None``).
     :param overwrite: replace an existing run directory.
+    :param allow_estimators: import paths of estimator classes outside scikit-learn to allow for the ``sklearn``
+        head (``--allow-estimator``; see ``docs/security.md``).
     :param progress: a callback receiving :class:`TrainEvent` objects.
     """
     from tlkit.heads.options import check_validation, resolve_head
     from tlkit.heads.record import check_run_dir
+    from tlkit.heads.sklearn_head import allowing
     from tlkit.runs.rundir import run_lock
     from tlkit.runtime import RuntimeOptions, resolve
 
     started = time.perf_counter()
     head_name, head_params = resolve_head(head, head_params, sweep)
-    val_split = check_validation(val, val_split)
+    val_split = check_validation(val, val_split, cross_validates=sweep or head_name in CROSS_VALIDATED)
     opts = TrainOptions(
         head_name, head_params, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
         class_weight=class_weight, early_stopping=early_stopping, seed=seed, sweep=sweep,
         sweep_lrs=tuple(sweep_lrs or DEFAULT_LRS), sweep_wds=tuple(sweep_wds or DEFAULT_WDS),
-        standardize=standardize, views=views,
+        standardize=standardize, views=views, folds=folds,
     )  # fmt: skip
     opts.check(has_val=val is not None or bool(val_split))
     runtime = resolve("train", RuntimeOptions.of(device=device))
     run_dir = Path(output)
     check_run_dir(run_dir, overwrite)
-    with run_lock(run_dir), contextlib.ExitStack() as stack:
+    with run_lock(run_dir), allowing(allow_estimators), contextlib.ExitStack() as stack:
         job = _Job(cache, val, val_split, layer, opts, runtime, in_memory, progress or ignore, stack)
         result = job.run(run_dir)
     result.seconds = time.perf_counter() - started
@@ -225,19 +244,24 @@ class _Job:
         opts = self.opts
         self.emit(TrainEvent("start", epochs=opts.epochs, message=str(self.path)))
         layer, layer_scores = self.layers[0], None
+        layer_choice = None
         if self.layer == AUTO_LAYER:
-            layer, layer_scores = choose_layer(self.layers, self.data, opts, self.emit)
+            layer, layer_choice = choose_layer(self.layers, self.data, opts, self.emit, on_val=self.val_arg is not None)
+            layer_scores = {name: float(score["accuracy"]) for name, score in layer_choice.items()}
         train, val = self.data(layer)
         check_classes_present(train, self.path)
         n_classes = len(train.source.class_names)
-        fitted = fit_head(train, val, opts, n_classes, self.emit)
+        fitted = fit_head(train, val, opts, n_classes, self.emit, val_given=self.val_arg is not None)
+        selection = dict(fitted.selection or {})
+        if layer_choice is not None:
+            selection["layers"] = layer_choice
         scored = val if val is not None else train
         probs = table_probabilities(fitted.head, opts.kind, scored, n_classes)
         report = classification_report(scored.y.cpu().numpy(), probs.argmax(1), train.source.class_names)
         config = run_config(
             self.cache, fitted, train, val, layer=layer, layer_scores=layer_scores,
-            head={"name": opts.head, "kind": opts.kind, "params": opts.head_params},
-            train_args=self._train_args(opts.batch_for(len(train))),
+            head=_head_section(opts),
+            train_args={**self._train_args(opts.batch_for(len(train))), "selection": selection or None},
         )  # fmt: skip
         clear_run_dir(run_dir)
         write_run(run_dir, fitted, config, report, val is not None)
@@ -247,6 +271,7 @@ class _Job:
             epochs_run=fitted.epochs_run, stopped_early=fitted.stopped_early, history=fitted.history,
             sweep=fitted.sweep, best_lr=fitted.best_lr, best_weight_decay=fitted.best_weight_decay,
             layer_scores=layer_scores, n_train=len(train), n_val=len(val) if val is not None else 0, seconds=0.0,
+            selection=selection or None,
         )  # fmt: skip
 
     def _train_args(self, batch_size: int) -> dict[str, Any]:
@@ -262,18 +287,36 @@ class _Job:
         }
 
 
+def _head_section(opts: TrainOptions) -> dict[str, Any]:
+    """The head as ``config.json`` records it: the ``auto`` head is saved as what it is, a ``linear`` head (so
+    ``predict``, ``export`` and ``finetune --init-head`` treat it as one), with ``selected_by: auto``."""
+    if opts.head in CROSS_VALIDATED:
+        return {"name": "linear", "kind": "torch", "params": {}, "selected_by": opts.head}
+    return {"name": opts.head, "kind": opts.kind, "params": opts.head_params}
+
+
 def fit_head(
-    train: FeatureTable, val: FeatureTable | None, opts: TrainOptions, n_classes: int, emit: Progress
+    train: FeatureTable,
+    val: FeatureTable | None,
+    opts: TrainOptions,
+    n_classes: int,
+    emit: Progress,
+    val_given: bool = False,
 ) -> Fitted:
-    """Fit the head ``opts`` names on ``train`` (choosing on ``val``): a sweep, an estimator, a one-shot
-    ``fit_features`` head, or a torch head trained for ``opts.epochs``."""
+    """Fit the head ``opts`` names on ``train``: the ``auto`` head (cross-validated on ``train``), a sweep (by
+    cross-validation on ``train``, or on ``val`` when ``val_given``: a validation cache the user chose for it), an
+    estimator, a one-shot ``fit_features`` head, or a torch head trained for ``opts.epochs`` (best epoch on ``val``)."""
     from tlkit.heads.fit import build_torch_head, fit_estimator, fit_once, fit_torch
     from tlkit.heads.options import views_fitted_once
     from tlkit.heads.sweep import fit_sweep
     from tlkit.heads.torch_heads import is_fitted_head
 
     if opts.sweep:
-        return fit_sweep(train, val, opts, n_classes, emit)
+        return fit_sweep(train, val, opts, n_classes, emit, cross_validate=not val_given)
+    if opts.head in CROSS_VALIDATED:
+        from tlkit.heads.auto import fit_auto
+
+        return fit_auto(train, val, opts, n_classes, emit)
     if opts.kind == "estimator":
         return fit_estimator(train, val, opts, n_classes, emit)
     head = build_torch_head(opts.head, opts.head_params, train.dim, n_classes, opts.seed)

@@ -22,12 +22,16 @@ if TYPE_CHECKING:
     import torch
 
     from tlkit.heads.probes import ProbeScore
-    from tlkit.heads.tables import FeatureTable
+    from tlkit.heads.tables import FeatureTable, Standardizer
 
 #: Below this many multiply-adds per optimiser step, CPU training runs on one thread. Head-sized matrix products
 #: gain little from more threads on an idle machine and lose a lot on a busy one: an MLP step on 100 x 1280
 #: features took 15 ms on one thread and 310 ms on two, on a shared 2-core machine.
 SMALL_STEP_MACS = 1 << 28
+
+
+#: The smallest feature scale standardisation divides by, relative to the median scale (:func:`standardizer`).
+SCALE_FLOOR = 1e-2
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Fitted:
     sweep: list[ProbeScore] | None = None
     best_lr: float | None = None
     best_weight_decay: float | None = None
+    #: what cross-validation tried and chose (the ``auto`` head, a cross-validated sweep), for ``config.json``
+    selection: dict[str, Any] | None = None
 
 
 def build_torch_head(name: str, params: dict[str, Any], in_dim: int, n_classes: int, seed: int) -> Any:
@@ -71,6 +77,24 @@ def cpu_threads(device: torch.device, macs_per_step: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def standardizer(train: FeatureTable) -> Standardizer:
+    """The training rows' per-dimension mean and standard deviation, with a floor on the scale.
+
+    A dimension's scale is at least :data:`SCALE_FLOOR` times the median scale of the dimensions (a constant
+    dimension keeps scale 1: it is 0 once centred). Without the floor, standardisation divides a near-constant feature
+    (rounding noise, a dead unit) by its tiny spread: a head then learns a weight of ``w / 1e-7`` on it, whose logits
+    explode on any item where the feature moves (a fine-tuned backbone, another precision). With it, a head's weight
+    on raw features is at most ``1 / SCALE_FLOOR`` times what the same standardised weight gives a typical feature,
+    and features that vary 100 times less than the typical one (below the bf16 store's relative resolution, 2^-8, in
+    a cache of such features) are regularised as if they varied that much.
+    """
+    from tlkit.heads.tables import Standardizer
+
+    norm = train.moments()
+    median = float(norm.std.median()) if len(norm.std) else 1.0
+    return Standardizer(norm.mean, norm.std.clamp_min(max(SCALE_FLOOR * median, 1e-12)))
 
 
 def loss_weights(train: FeatureTable, class_weight: str | None, n_classes: int) -> torch.Tensor | None:
@@ -164,7 +188,7 @@ class _TorchEpochs:
         self.loss_fn = nn.CrossEntropyLoss(weight=self.weights)
         self.optimizer = HeadAdamW(head.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.generator = torch.Generator().manual_seed(opts.seed)
-        self.norm = train.moments() if opts.standardize and first_linear(head) is not None else None
+        self.norm = standardizer(train) if opts.standardize and first_linear(head) is not None else None
         self.scale: Callable[[Any], Any] = self.norm if self.norm is not None else (lambda x: x)
 
     def __call__(self, epoch: int) -> dict[str, Any]:

@@ -8,7 +8,11 @@ from typing import Any
 
 from tlkit.errors import ConfigError
 
-DEFAULT_HEAD = "mlp"
+DEFAULT_HEAD = "auto"
+#: Heads that choose their own hyperparameters by cross-validation on the training rows: they train on every row by
+#: default (no held-out share) and report the cross-validated score.
+CROSS_VALIDATED = ("auto",)
+DEFAULT_FOLDS = 5
 DEFAULT_EPOCHS = 30
 DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
@@ -28,8 +32,9 @@ class TrainEvent:
     """A progress event for the ``progress`` callback.
 
     ``kind`` is ``"start"``, ``"layer"`` (probing layer ``step`` of ``steps`` for ``layer="auto"``, ``message`` is
-    its name), ``"epoch"`` (``epoch`` of ``epochs`` finished, ``metrics`` filled), ``"fit"`` (a one-shot head is
-    being fitted) or ``"done"``.
+    its name), ``"cv"`` (step ``step`` of ``steps`` of a cross-validation: a regularisation strength of the ``auto``
+    head, a fold of a sweep; ``message`` says which), ``"epoch"`` (``epoch`` of ``epochs`` finished, ``metrics``
+    filled), ``"fit"`` (a one-shot head is being fitted) or ``"done"``.
     """
 
     kind: str
@@ -70,6 +75,7 @@ class TrainOptions:
     sweep_wds: tuple[float, ...] = DEFAULT_WDS
     standardize: bool = True
     views: bool = False
+    folds: int = DEFAULT_FOLDS
 
     @property
     def kind(self) -> str:
@@ -88,7 +94,7 @@ class TrainOptions:
         return {
             "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay, "batch_size": batch_size,
             "views": self.views, "class_weight": self.class_weight, "early_stopping": self.early_stopping,
-            "seed": self.seed, "sweep": self.sweep, "standardize": self.standardize,
+            "seed": self.seed, "sweep": self.sweep, "standardize": self.standardize, "folds": self.folds,
         }  # fmt: skip
 
     def check(self, has_val: bool) -> None:
@@ -102,14 +108,13 @@ class TrainOptions:
         _at_least(self.epochs, 1, "epochs")
         _at_least(self.batch_size, 1, "batch_size")
         _at_least(self.early_stopping, 1, "early_stopping")
+        _at_least(self.folds, 2, "folds")
         if self.lr <= 0:
             raise ConfigError(f"{{param}} must be positive, not {self.lr}", param="lr")
         if self.weight_decay < 0:
             raise ConfigError(f"{{param}} must be non-negative, not {self.weight_decay}", param="weight_decay")
         if self.early_stopping is not None and not has_val:
             raise ConfigError(f"{{param}} needs validation data; {NEEDS_VAL}", param="early_stopping")
-        if self.sweep and not has_val:
-            raise ConfigError(f"{{param}} picks the best probe on validation; {NEEDS_VAL}", param="sweep")
         if self.class_weight not in (None, "balanced"):
             raise ConfigError(f"{{param}} must be 'balanced', not {self.class_weight!r}", param="class_weight")
         if self.views and entry.kind != "torch":
@@ -143,13 +148,16 @@ def resolve_head(head: str | None, params: dict[str, Any] | None, sweep: bool) -
     return name, {**extra, **(params or {})}
 
 
-def check_validation(val: Any, val_split: float | None) -> float | None:
-    """The held-out share to use: ``val_split``, or the default when neither ``val`` nor ``val_split`` is given."""
+def check_validation(val: Any, val_split: float | None, cross_validates: bool = False) -> float | None:
+    """The held-out share to use: ``val_split``, or the default when neither ``val`` nor ``val_split`` is given (0
+    when the head ``cross_validates``: it chooses by k-fold CV on every training row and is refitted on all of them)."""
     if val is not None and val_split is not None:
         raise ConfigError("give {val} or {val_split}, not both", params=("val", "val_split"))
     if val_split is not None and not (val_split == 0 or 0 < val_split < 1):
         raise ConfigError(f"{{param}} must be in (0, 1), or 0 for no validation; not {val_split}", param="val_split")
-    return DEFAULT_VAL_SPLIT if val is None and val_split is None else val_split
+    if val is None and val_split is None:
+        return 0.0 if cross_validates else DEFAULT_VAL_SPLIT
+    return val_split
 
 
 def head_kind(head: str) -> str:

@@ -24,22 +24,28 @@ from torch import nn
 
 @dataclass
 class ProbeScore:
-    """One grid cell after training: its best validation epoch and scores there."""
+    """One grid cell after training: its best validation epoch and scores there (for a cross-validated sweep, the
+    epoch with the best mean over the folds, and the means)."""
 
     lr: float
     weight_decay: float
     best_epoch: int
     val_accuracy: float
     val_loss: float
+    #: the standard deviation of the accuracy over the folds, when the scores are cross-validated means
+    val_accuracy_std: float | None = None
 
     def to_dict(self) -> dict[str, float | int]:
-        return {
+        out: dict[str, float | int] = {
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "best_epoch": self.best_epoch,
             "val_accuracy": self.val_accuracy,
             "val_loss": self.val_loss,
         }
+        if self.val_accuracy_std is not None:
+            out["val_accuracy_std"] = self.val_accuracy_std
+        return out
 
 
 class LinearProbeBank:

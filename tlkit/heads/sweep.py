@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import ConfigError
-from tlkit.heads.fit import Fitted, build_torch_head, cpu_threads, loss_weights
+from tlkit.heads.fit import Fitted, build_torch_head, cpu_threads, loss_weights, standardizer
 from tlkit.heads.options import FINAL, NEEDS_VAL, Progress, TrainEvent, TrainOptions, ignore
 
 if TYPE_CHECKING:
@@ -22,22 +22,49 @@ Tables = Callable[[str | None], "tuple[FeatureTable, FeatureTable | None]"]
 
 
 def choose_layer(
-    layers: Sequence[str | None], tables: Tables, opts: TrainOptions, emit: Progress
-) -> tuple[str | None, dict[str, float]]:
-    """Probe each layer with linear probes (the sweep's grid, or the one lr/weight decay); the best validation
-    accuracy wins, then the lower loss. Returns the layer and every layer's score."""
-    scores: dict[str, float] = {}
+    layers: Sequence[str | None], tables: Tables, opts: TrainOptions, emit: Progress, on_val: bool = False
+) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """Probe each layer with the ``auto`` head's cross-validated logistic regression and keep the best: by its k-fold
+    CV accuracy on the training rows, or, ``on_val`` (a validation cache given for the purpose), by the accuracy on
+    the validation rows of the probe fitted on the training rows. Ties go to the lower loss.
+
+    Returns the layer and each layer's score: ``accuracy``, ``accuracy_std`` (over folds; ``None`` on validation),
+    ``loss`` and ``on`` (``"cv"`` or ``"val"``).
+    """
+    from tlkit.heads.auto import fit_logistic_cv
+    from tlkit.heads.fit import standardizer
+
+    scores: dict[str, dict[str, Any]] = {}
     best: tuple[float, float, str | None] | None = None
-    lrs, wds = opts.grid()
     for i, name in enumerate(layers, start=1):
         emit(TrainEvent("layer", step=i, steps=len(layers), message=name or FINAL))
         train, val = tables(name)
-        probe = fit_sweep(train, val, opts, len(train.source.class_names), ignore, lrs=lrs, wds=wds)
-        acc, loss = float(probe.val_accuracy or 0.0), float(probe.val_loss or math.inf)
-        scores[name or FINAL] = acc
+        n_classes = len(train.source.class_names)
+        norm = standardizer(train)
+        weights = loss_weights(train, opts.class_weight, n_classes)
+        theta, selection = fit_logistic_cv(
+            norm(train.all_features()), train.y, n_classes, folds=opts.folds, seed=opts.seed,
+            row_weight=weights[train.y] if weights is not None else None,
+        )  # fmt: skip
+        if on_val and val is not None:
+            acc, loss, std, where = *_linear_scores(theta, norm(val.all_features()), val.y), None, "val"
+        elif selection.chosen is not None:
+            chosen = selection.chosen
+            acc, loss, std, where = chosen.accuracy, chosen.loss, chosen.accuracy_std, "cv"
+        else:
+            raise ConfigError(f"{{param}} auto: too few items per class to cross-validate; {NEEDS_VAL}", param="layer")
+        scores[name or FINAL] = {"accuracy": acc, "accuracy_std": std, "loss": loss, "on": where}
         if best is None or (acc, -loss) > (best[0], -best[1]):
             best = (acc, loss, name)
     return (best[2] if best else None), scores
+
+
+def _linear_scores(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the linear model ``theta`` ``[C, D+1]`` (bias last) on ``x``."""
+    from torch import nn
+
+    logits = x @ theta[:, :-1].T + theta[:, -1]
+    return float((logits.argmax(1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
 
 
 def fit_sweep(
@@ -49,19 +76,25 @@ def fit_sweep(
     *,
     lrs: Sequence[float] | None = None,
     wds: Sequence[float] | None = None,
+    cross_validate: bool = False,
 ) -> Fitted:
     """Train every (lr, weight decay) pair of the grid (default: the sweep's) as one :class:`LinearProbeBank`;
-    keep each probe's best epoch, and return the best probe as an ``nn.Linear``."""
+    keep each probe's best epoch, and return the best probe as an ``nn.Linear``.
+
+    ``cross_validate``: choose the cell and the epoch by k-fold CV on ``train`` instead (:func:`fit_sweep_cv`).
+    """
 
     from tlkit.heads.probes import LinearProbeBank
 
+    if cross_validate:
+        return fit_sweep_cv(train, val, opts, n_classes, emit, lrs=lrs, wds=wds)
     if val is None:
         raise ConfigError(f"probing needs validation data; {NEEDS_VAL}")
     grid = [(float(a), float(b)) for a in (lrs or opts.sweep_lrs) for b in (wds or opts.sweep_wds)]
     init = build_torch_head("linear", {}, train.dim, n_classes, opts.seed)
     bank = LinearProbeBank(init, [g[0] for g in grid], [g[1] for g in grid], train.device)
     track = _BestProbes(bank)
-    norm = train.moments() if opts.standardize else None
+    norm = standardizer(train) if opts.standardize else None
     epoch = _SweepEpochs(bank, train, val, opts, n_classes, norm)
     per_epoch: list[dict[str, torch.Tensor]] = []
     stale, stopped = 0, False
@@ -79,6 +112,98 @@ def fit_sweep(
     return track.result(grid, per_epoch, stopped, norm)
 
 
+def fit_sweep_cv(
+    train: FeatureTable,
+    val: FeatureTable | None,
+    opts: TrainOptions,
+    n_classes: int,
+    emit: Progress,
+    *,
+    lrs: Sequence[float] | None = None,
+    wds: Sequence[float] | None = None,
+) -> Fitted:
+    """The sweep chosen by stratified k-fold CV: the grid is trained on each fold's training rows (standardised by
+    their own moments) and scored each epoch on its held-out rows; the (cell, epoch) with the best mean accuracy
+    (then lower mean loss) is retrained on every training row for that many epochs. Each cell reports its best
+    epoch's mean accuracy and its standard deviation over the folds. ``val``, when given (a held-out share), only
+    scores the result: it chose nothing."""
+    import torch
+
+    from tlkit.heads.auto import stratified_folds
+    from tlkit.heads.probes import ProbeScore
+    from tlkit.heads.tables import FeatureTable
+
+    grid = [(float(a), float(b)) for a in (lrs or opts.sweep_lrs) for b in (wds or opts.sweep_wds)]
+    counts = torch.bincount(train.y.cpu(), minlength=n_classes)
+    k = int(min(opts.folds, int(counts[counts > 0].min())))
+    if k < 2:
+        raise ConfigError(f"{{param}}: too few items per class for cross-validation; {NEEDS_VAL}", param="sweep")
+    fold_of = stratified_folds(train.y, k, opts.seed).numpy()
+    accs, losses = [], []
+    for f in range(k):
+        emit(TrainEvent("cv", step=f, steps=k, message=f"fold {f + 1}/{k}"))
+        part = {name: FeatureTable(
+            train.source, train.rows[mask], train.device, in_memory=train.in_memory, use_views=train.use_views and tr
+        ) for name, mask, tr in (("train", fold_of != f, True), ("val", fold_of == f, False))}  # fmt: skip
+        rows, _ = _train_bank(part["train"], part["val"], opts, n_classes, grid, opts.epochs, ignore)
+        accs.append(torch.stack([r["val_accuracy"].cpu() for r in rows]))  # [E, P]
+        losses.append(torch.stack([r["val_loss"].cpu() for r in rows]))
+    acc, loss = torch.stack(accs), torch.stack(losses)  # [K, E, P]
+    mean_acc, mean_loss, std_acc = acc.mean(0), loss.mean(0), acc.std(0)
+    rank = mean_acc.double() - 1e-9 * mean_loss.double()  # accuracy first; the loss breaks ties
+    best_epoch = rank.argmax(0)  # [P]
+    scores = [
+        ProbeScore(lr, wd, int(best_epoch[p]) + 1, float(mean_acc[best_epoch[p], p]),
+                   float(mean_loss[best_epoch[p], p]), float(std_acc[best_epoch[p], p]))
+        for p, (lr, wd) in enumerate(grid)
+    ]  # fmt: skip
+    chosen = max(range(len(grid)), key=lambda p: (scores[p].val_accuracy, -scores[p].val_loss))
+    epochs = scores[chosen].best_epoch
+    rows, head = _train_bank(train, val, opts, n_classes, [grid[chosen]], epochs, emit)
+    history = [{"epoch": e, **{key: float(v[0]) for key, v in row.items()}} for e, row in enumerate(rows, start=1)]
+    last = history[-1]
+    selection = {
+        "method": f"linear probe grid, (lr, weight decay, epochs) by stratified {k}-fold CV",
+        "folds": k,
+        "chosen": {**scores[chosen].to_dict()},
+    }
+    return Fitted(
+        head, history, epochs, epochs, False, last.get("val_accuracy"), last.get("val_loss"), scores,
+        grid[chosen][0], grid[chosen][1], selection=selection,
+    )  # fmt: skip
+
+
+def _train_bank(
+    train: FeatureTable,
+    val: FeatureTable | None,
+    opts: TrainOptions,
+    n_classes: int,
+    grid: list[tuple[float, float]],
+    epochs: int,
+    emit: Progress,
+) -> tuple[list[dict[str, torch.Tensor]], Any]:
+    """Train the grid for ``epochs`` on ``train`` (standardised by its own moments); every epoch's per-probe scores,
+    and the first probe after the last epoch as an ``nn.Linear`` with the standardisation folded in."""
+    from torch import nn
+
+    from tlkit.heads.probes import LinearProbeBank
+
+    init = build_torch_head("linear", {}, train.dim, n_classes, opts.seed)
+    bank = LinearProbeBank(init, [g[0] for g in grid], [g[1] for g in grid], train.device)
+    norm = standardizer(train) if opts.standardize else None
+    epoch = _SweepEpochs(bank, train, val, opts, n_classes, norm)
+    rows = []
+    with cpu_threads(train.device, epoch.batch_size * bank.weight.numel()):
+        for e in range(1, epochs + 1):
+            rows.append(epoch())
+            emit(TrainEvent("epoch", epoch=e, epochs=epochs, metrics={"probes": bank.size, "seconds": epoch.seconds}))
+    head = nn.Linear(train.dim, n_classes).to(train.device)
+    head.load_state_dict(bank.state(0))
+    if norm is not None:
+        norm.fold_into(head)
+    return rows, head.eval()
+
+
 class _SweepEpochs:
     """One epoch of the whole probe bank, then its validation scores: ``epoch()`` returns per-probe tensors."""
 
@@ -86,7 +211,7 @@ class _SweepEpochs:
         self,
         bank: LinearProbeBank,
         train: FeatureTable,
-        val: FeatureTable,
+        val: FeatureTable | None,
         opts: TrainOptions,
         n_classes: int,
         norm: Standardizer | None,
@@ -115,19 +240,16 @@ class _SweepEpochs:
             loss_sum += loss * len(y)
             correct += (logits.argmax(2) == y).sum(1)
             seen += len(y)
-        with torch.no_grad():
-            vx = self.val.batches(EVAL_BATCH, augment=False)
-            logits = torch.cat([self.bank.logits(self.scale(x)) for x, _ in vx], dim=1)
-            vloss = self.bank.losses(logits, self.val.y, self.weights)
-            vacc = (logits.argmax(2) == self.val.y).float().mean(1)
+        row = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        if self.val is not None:
+            with torch.no_grad():
+                vx = self.val.batches(EVAL_BATCH, augment=False)
+                logits = torch.cat([self.bank.logits(self.scale(x)) for x, _ in vx], dim=1)
+                row["val_loss"] = self.bank.losses(logits, self.val.y, self.weights)
+                row["val_accuracy"] = (logits.argmax(2) == self.val.y).float().mean(1)
         self.seconds = time.perf_counter() - t0
-        return {
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "val_loss": vloss,
-            "val_accuracy": vacc,
-            "seconds": torch.full((p,), self.seconds),
-        }
+        row["seconds"] = torch.full((p,), self.seconds)
+        return row
 
 
 class _BestProbes:

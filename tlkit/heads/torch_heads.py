@@ -30,6 +30,12 @@ def linear_head(in_dim: int, n_classes: int) -> nn.Module:
     return nn.Linear(in_dim, n_classes)
 
 
+def auto_head(in_dim: int, n_classes: int) -> nn.Module:
+    """The ``auto`` head as saved: one linear layer (a logistic regression, its L2 strength chosen by
+    cross-validation when it is trained; see :mod:`tlkit.heads.auto`)."""
+    return linear_head(in_dim, n_classes)
+
+
 def mlp_head(
     in_dim: int,
     n_classes: int,

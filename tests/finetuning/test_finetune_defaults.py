@@ -1,0 +1,91 @@
+"""The default recipe on real weights and real data: ``tlkit.finetune`` with no training options fits a linear probe
+on frozen features first (LP-FT), starts the head from it, and trains every block its freeze report claims."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import tlkit
+from tlkit.finetuning.options import FinetuneOptions
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Snapshots:
+    """The model's state when training starts and when it ends (the engine's ``start`` and ``done`` events)."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, torch.Tensor] = {}
+        self.end: dict[str, torch.Tensor] = {}
+        self.message = ""
+
+    def bind(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __call__(self, ev: Any) -> None:
+        state = {k: v.detach().clone() for k, v in self.engine.model.state_dict().items()}
+        if ev.kind == "start":
+            self.start, self.message = state, ev.message
+        elif ev.kind == "epoch_end":
+            self.end = state
+
+
+def test_default_recipe_starts_from_a_probe_and_trains_every_block_it_claims(
+    tmp_path: Path, fashion_mnist_folder: Any
+) -> None:
+    pytest.importorskip("tlkit_effnet_lite", reason="pip install -e plugins/examples/tlkit-effnet-lite")
+    from tlkit.finetuning.engine import Finetuner
+    from tlkit.finetuning.options import FinetuneInputs
+    from tlkit.runtime import resolve
+
+    train = fashion_mnist_folder(tmp_path / "train", "train", 6, seed=0)
+    backbone = tlkit.get_backbone("effnet/lite0", preprocess={"input_size": [3, 32, 32]})
+    # the defaults, but one epoch (the default count is what docs/finetuning.md measured) and a cheap runtime
+    opts = FinetuneOptions.from_kwargs({"epochs": 1, "workers": 0, "device": "cpu", "precision": "fp32"})
+    snaps = _Snapshots()
+    engine = Finetuner(
+        FinetuneInputs(backbone, train, tmp_path / "run"), opts, resolve("finetune", opts.runtime_options(), env=False),
+        callback=snaps,
+    )  # fmt: skip
+    snaps.bind(engine)
+    result = engine.run()
+
+    # LP-FT: a probe on the 50 frozen training embeddings (10 of 60 held out for validation), no head-only epoch
+    assert "linear probe on 50 frozen embeddings" in snaps.message
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["head"]["name"] == "linear" and config["init_head"]["auto"] is True
+    assert config["init_head"]["items"] == 50 and 0.0 <= config["init_head"]["cv_accuracy"] <= 1.0
+    assert result.plan == "all:1"
+    # the head starts from that probe, not at random
+    probe = engine.built.start
+    assert probe is not None and torch.equal(snaps.start["head.weight"], probe.state["weight"])
+    # every block the report claims as trainable trains (all of them by default): each one's weights moved
+    claimed = [row.block for row in result.freeze if row.trainable and row.block != "head"]
+    assert claimed == [b.name for b in engine.model.blocks] and len(claimed) >= 5
+    for block in engine.model.blocks:
+        keys = [f"backbone.{p}" for p in block.params]
+        moved = [k for k in keys if not torch.equal(snaps.start[k], snaps.end[k])]
+        assert moved, f"block {block.name} is claimed trainable but none of its {len(keys)} tensors changed"
+    # the backbone learns at a tenth of the head's rate (the measured default ratio), with a light augmentation
+    rates = {r.block: r.lr for r in result.freeze if r.trainable and r.block != "head"}
+    assert list(rates.values()) == pytest.approx([1e-4] * len(rates))
+    assert engine.train_items.backbone.augment == "light"
+
+
+def test_a_run_that_never_beats_its_start_probe_keeps_the_probe(tmp_path: Path) -> None:
+    from _ft_helpers import Recorder, image_data
+    from safetensors.torch import load_file
+
+    data = image_data(tmp_path / "data", classes=3, per_class=10)
+    # a rate so small that no weight moves: no epoch can beat the model as it started (frozen backbone + probe)
+    rec = Recorder("fake/image", data, tmp_path / "run", epochs=2, lr=1e-30)
+    result = rec.run()
+    assert rec.engine.built.start is not None and result.best_epoch == 0  # epoch 0 is the start, validated
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert torch.equal(saved["head.weight"], rec.engine.built.start.state["weight"])
+    assert "best epoch 0/2" in result.summary()
