@@ -112,6 +112,9 @@ def test_non_utf8_names_round_trip_through_cache_json_csv_and_predict(tmp_path):
     assert all(",=" not in r for r in rows) and any(",'=SUM(A1)," in r for r in rows)
     listing = (tmp_path / "p.skipped.csv").read_bytes().decode("utf-8").splitlines()
     assert listing[0] == "id,reason" and listing[1].startswith("bro\\xffken.png,")
+    evaluated = run_cli("evaluate", tmp_path / "run", images, "-o", tmp_path / "ev")
+    assert "skipped class_1/bro\\xffken.png: " in evaluated.stderr, evaluated.stderr
+    assert (tmp_path / "ev" / "predictions.skipped.csv").is_file()
 
 
 def test_a_stray_file_beside_class_folders_is_named_and_the_classes_kept(tmp_path):

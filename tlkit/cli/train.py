@@ -328,15 +328,21 @@ def predict_cmd(
         counts[name] = counts.get(name, 0) + 1
     spread = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
     skipped = f" ({len(preds.skipped)} skipped)" if preds.skipped else ""
-    if preds.skipped:
-        from tlkit.data.ids import display_id
-        from tlkit.inference.results import skipped_path
-
-        for item_id, reason in preds.skipped[:5]:
-            click.echo(f"skipped {display_id(item_id)}: {reason}", err=True)
-        more = f"{len(preds.skipped) - 5} more; " if len(preds.skipped) > 5 else ""
-        click.echo(f"... {more}all skipped items are listed in {skipped_path(output)}", err=True)
+    echo_skipped(preds.skipped, output)
     click.echo(f"{len(preds)} predictions{skipped} -> {output}  [{spread}]")
+
+
+def echo_skipped(skipped: list[tuple[str, str]], output: pathlib.Path) -> None:
+    """The first skipped items on stderr, and where the listing beside ``output`` names them all."""
+    if not skipped:
+        return
+    from tlkit.data.ids import display_id
+    from tlkit.inference.results import skipped_path
+
+    for item_id, reason in skipped[:5]:
+        click.echo(f"skipped {display_id(item_id)}: {reason}", err=True)
+    more = f"{len(skipped) - 5} more; " if len(skipped) > 5 else ""
+    click.echo(f"... {more}all skipped items are listed in {skipped_path(output)}", err=True)
 
 
 @click.command("evaluate")
@@ -366,6 +372,7 @@ def evaluate_cmd(
     out = output_dir or run_dir / f"eval-{input.stem or input.name}"
     with contextlib.closing(ExtractProgress(quiet or as_json)) as progress, allowing(allow_estimators):
         result = evaluate(run_dir, input, output_dir=out, progress=progress, **runtime)
+    echo_skipped(list(result.predictions.skipped), out / "predictions.csv")
     if as_json:
         from tlkit.cli.group import echo_json
 
