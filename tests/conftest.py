@@ -3,13 +3,21 @@ state, single-threaded torch, and the real data the tests run on (Fashion-MNIST,
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if "TLKIT_CACHE_DIR" not in os.environ:
+    # tlkit's on-disk memos (name indexes, backbone descriptions) go to a folder of this session, not the user's
+    # ~/.cache/tlkit; subprocesses inherit it. A test that needs an empty one sets TLKIT_CACHE_DIR itself.
+    os.environ["TLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tlkit-test-memo-")
+    atexit.register(shutil.rmtree, os.environ["TLKIT_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

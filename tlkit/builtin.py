@@ -38,9 +38,31 @@ def tlkit_register_heads(register: RegisterHead) -> None:
 @hookimpl
 def tlkit_register_readers(register: RegisterReader) -> None:
     from tlkit.data.audio import AudioReader
+    from tlkit.data.hfdatasets import HFDatasetsReader
     from tlkit.data.image import ImageReader
+    from tlkit.data.parquet import ParquetReader
+    from tlkit.data.streams import MODALITIES
     from tlkit.data.text import TextReader
+    from tlkit.data.webdataset import WebDatasetReader
 
+    # The stream readers first: each recognises only its own layout, and the folder readers take any folder.
+    for modality in MODALITIES:
+        register(
+            f"webdataset-{modality}",
+            WebDatasetReader(modality),
+            summary=f"WebDataset .tar shards ({modality} members), local or URL, brace patterns [extra: webdataset]",
+        )
+        register(
+            f"parquet-{modality}",
+            ParquetReader(modality),
+            summary=f"Parquet file, folder or glob with a {modality} column, local or URL, by row group "
+            "[extra: parquet]",
+        )
+        register(
+            f"hf-datasets-{modality}",
+            HFDatasetsReader(modality),
+            summary=f"Hugging Face datasets folder (save_to_disk) with a {modality} column [extra: hf-datasets]",
+        )
     register(
         "image",
         ImageReader(),

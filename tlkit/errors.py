@@ -105,6 +105,7 @@ class NotInstalled(TlkitError):
     """An optional dependency is missing; the message gives the exact pip command."""
 
     def __init__(self, package: str, extra: str | None = None, purpose: str = "") -> None:
-        target = f"tlkit[{extra}]" if extra else package
         what = f" for {purpose}" if purpose else ""
-        super().__init__(f"{package} is needed{what}: pip install '{target}'")
+        # tlkit is installed from a checkout (it is not on PyPI), so the command that always works names the package.
+        extra_hint = f" (or, in a tlkit checkout, pip install '.[{extra}]')" if extra else ""
+        super().__init__(f"{package} is needed{what}: pip install {package}{extra_hint}")

@@ -13,6 +13,10 @@ A plugin (the built-in timm, torchvision and transformers plugins included) impo
   (:class:`RegisterBackbone`, :class:`RegisterHead`, :class:`RegisterReader`), :class:`BackboneEntry` (what
   ``tlkit_resolve_backbone`` and ``tlkit_list_backbones`` return) and :class:`BackboneFamily` (both hooks for a zoo
   of models under one name prefix);
+- **names without imports**: :func:`library_index`, data a plugin derives from its model library (the model names)
+  built once per installed version and kept on disk, so listing and checking names imports no model library;
+- **downloads**: :func:`offline_reason` (why a URL cannot be reached now, asked once per host) and
+  :func:`use_hub_cache_only`, so that a plugin fails in one line without a network instead of retrying;
 - **readers and decoding**: the reader base classes (the core :class:`TextReader` reads CSV, TSV and JSONL),
   :class:`Record`, :class:`Skipped` (an entry a scan leaves out, with its reason), :class:`BadItemError` (raise it
   from ``Reader.load`` for an item that cannot be decoded), image decoding (:func:`decode_image`,
@@ -54,6 +58,8 @@ from tlkit.errors import (
 )
 from tlkit.host.families import BackboneFamily
 from tlkit.host.hookspecs import RegisterBackbone, RegisterHead, RegisterReader, hookimpl
+from tlkit.host.memo import library_index
+from tlkit.host.network import offline_reason, use_hub_cache_only
 from tlkit.host.registry import MODALITIES, BackboneEntry
 
 __all__ = [
@@ -88,6 +94,11 @@ __all__ = [
     "RegisterHead",
     "RegisterReader",
     "hookimpl",
+    # what a plugin learns from its library once (names), without importing it again
+    "library_index",
+    # downloads: fail at once without a network
+    "offline_reason",
+    "use_hub_cache_only",
     # readers and decoding
     "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",

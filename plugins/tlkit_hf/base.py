@@ -20,15 +20,26 @@ from tlkit.plugin import (
     load_state_dict_file,
 )
 from tlkit_hf.blocks import BlockLayout, capture_outputs
-from tlkit_hf.naming import PREFIX, modality_of, model_type_of, split_name
+from tlkit_hf.naming import (
+    LOCAL_FIX,
+    PREFIX,
+    check_cached_when_offline,
+    hub_offline,
+    local_dir,
+    modality_of,
+    model_type_of,
+    split_name,
+)
 from tlkit_hf.sources import ModelFiles
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: Options every hf backbone accepts besides the common ones (weights, preprocess, pooling, augment).
-COMMON_OPTIONS = ("revision", "seed", "trust_remote_code")
+#: Options every hf backbone accepts besides the common ones (weights, preprocess, pooling, augment). ``local_dir``
+#: is where a local model's files are (set when the name is a directory: ``hf/./models/mini`` is ``hf/mini`` with
+#: ``local_dir`` the directory).
+COMMON_OPTIONS = ("revision", "seed", "trust_remote_code", "local_dir")
 
 
 class HFBackbone(Backbone):
@@ -60,6 +71,8 @@ class HFBackbone(Backbone):
     def _locate_files(self) -> ModelFiles:
         if self.weights_kind() == "local" and self.local_weights_path().is_dir():
             return ModelFiles.at(str(self.local_weights_path()))
+        if self.options.get("local_dir"):
+            return ModelFiles.at(str(self.options["local_dir"]))
         return ModelFiles.at(self.ref, self.options.get("revision"))
 
     @cached_property
@@ -75,13 +88,21 @@ class HFBackbone(Backbone):
 
     @contextmanager
     def loading(self, what: str) -> Iterator[None]:
-        """Turn a transformers or hub failure into one clear line naming the model and the fix."""
+        """Turn a transformers or hub failure into one clear line naming the model and the fix. Without a network
+        only the hub's local cache is read (:func:`tlkit_hf.naming.hub_offline`)."""
+        offline = None if self.files.local else hub_offline()
         try:
             yield
         except TlkitError:
             raise
         except Exception as exc:
             detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            if offline is not None:
+                raise BadInputError(
+                    f"{self.name}: cannot load the {what} from the Hugging Face hub ({self.files.ref}): {offline}, "
+                    f"and it is not in the local cache; " + LOCAL_FIX,
+                    param="weights",
+                ) from exc
             if self.files.local:
                 where, fix = self.files.ref, "check the directory, or re-save the model with save_pretrained"
             else:
@@ -111,6 +132,13 @@ class HFBackbone(Backbone):
         return self.files.ref + (f"@{self.files.revision}" if self.files.revision else "")
 
     # -- loading ------------------------------------------------------------------------------------------------
+    def check_weights_available(self) -> None:
+        """A hub model needs its files in the local Hugging Face cache when the hub cannot be reached (random init
+        needs the config too); decided without importing transformers."""
+        super().check_weights_available()
+        if self.weights_kind() != "local" and not self.options.get("local_dir") and local_dir(self.ref) is None:
+            check_cached_when_offline(self.name, self.ref, self.options.get("revision"))
+
     def build_module(self) -> nn.Module:
         import torch
         from transformers import AutoModel
@@ -163,7 +191,27 @@ class HFBackbone(Backbone):
     def fingerprint_data(self) -> dict[str, Any]:
         data = super().fingerprint_data()
         data["preprocessing_files"] = self.preprocessing_identity()
+        if self.files.local:
+            # Where the files are is not what they are (their content hashes say that): a copy of the directory
+            # elsewhere, or on another machine, has the same fingerprint.
+            places = {str(self.files.root), str(self.files.model_dir)}
+            spec = data["spec"]
+            spec["source"] = "local directory"
+            spec["preprocess"] = {
+                k: "(model directory)" if isinstance(v, str) and v in places else v
+                for k, v in spec["preprocess"].items()
+            }
         return data
+
+    def memo_inputs(self) -> dict[str, list[str]] | None:
+        """A local model is described by its files (keyed by the installed transformers, tokenizers and torch); a
+        hub model's fingerprint holds the hub's current commit, so it is never memoised."""
+        if not self.files.local:
+            return None
+        paths = [str(self.files.root)]
+        if self.weights_kind() == "local" and self.local_weights_path().is_file():
+            paths.append(str(self.local_weights_path()))
+        return {"libraries": ["transformers", "tokenizers", "torch"], "paths": paths}
 
     # -- structure ----------------------------------------------------------------------------------------------
     def layout(self) -> BlockLayout:

@@ -11,9 +11,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tlkit.plugin import BadInputError
+from tlkit.plugin import BadInputError, offline_reason, use_hub_cache_only
 
 PREFIX = "hf/"
+
+#: The local alternatives an offline error names (``{param}`` is the weights flag).
+LOCAL_FIX = (
+    "use a local model directory as hf/<dir> (a folder saved with save_pretrained, or a sentence-transformers "
+    "model), or pass {param} none for random init (it needs the model's config.json in the local cache)"
+)
+
+
+def hub_offline() -> str | None:
+    """Why the Hugging Face hub cannot be reached now (asked once per process), or ``None``. When it cannot, only
+    the local cache is read from here on, so that a miss fails at once instead of retrying for a minute."""
+    reason = offline_reason()
+    if reason is not None:
+        use_hub_cache_only(reason)
+    return reason
+
 
 #: Encoder-only text models that ``AutoModel`` + ``AutoTokenizer`` load and that pool like BERT.
 TEXT_MODEL_TYPES = (
@@ -110,6 +126,25 @@ def config_dir(root: Path) -> Path:
     )
 
 
+def check_cached_when_offline(name: str, ref: str, revision: str | None = None) -> None:
+    """Without a network, a hub model whose config is not in the local cache cannot be used at all (random init
+    needs the config too): say so now, in one line, before anything heavy is imported."""
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        return  # not a hub id: model_type_of says so
+    offline = hub_offline()
+    if offline is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not any(
+        isinstance(try_to_load_from_cache(ref, f, revision=revision), str) for f in ("config.json", "modules.json")
+    ):
+        raise BadInputError(
+            f"{name}: {ref!r} is not in the local Hugging Face cache and cannot be downloaded: {offline}; " + LOCAL_FIX,
+            param="weights",
+        )
+
+
 def supported_types_text() -> str:
     return f"text: {', '.join(TEXT_MODEL_TYPES)}; audio: {', '.join(AUDIO_MODEL_TYPES)}"
 
@@ -139,11 +174,17 @@ def model_type_of(ref: str, name: str, revision: str | None = None) -> str:
         return CURATED[ref][0]
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise BadInputError(f"{name}: no such directory {ref!r}; pass an existing local directory or a hub id")
+    offline = hub_offline()
     try:
         from transformers import AutoConfig
 
         return str(AutoConfig.from_pretrained(ref, revision=revision).model_type)
     except Exception as exc:
+        if offline is not None:
+            raise BadInputError(
+                f"{name}: cannot read the config of {ref!r}: {offline}, and it is not in the local cache; " + LOCAL_FIX,
+                param="weights",
+            ) from exc
         raise BadInputError(
             f"{name}: cannot read the config of {ref!r} from the Hugging Face hub ({type(exc).__name__}); "
             f"check the id and your connection, or pass a local directory as hf/<dir>"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.plugin import BadInputError, hash_path
-from tlkit_hf.naming import config_dir, local_dir, read_json_file
+from tlkit_hf.naming import config_dir, hub_offline, local_dir, read_json_file
 
 #: Files that define a tokenizer: their contents go into a text backbone's fingerprint.
 TOKENIZER_FILES = (
@@ -80,6 +80,7 @@ class ModelFiles:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+        hub_offline()
         try:
             path = hf_hub_download(self.ref, rel, revision=self.revision)
         except (EntryNotFoundError, LocalEntryNotFoundError):
@@ -100,6 +101,7 @@ class ModelFiles:
             from huggingface_hub import hf_hub_download
 
             rel = f"{self.subfolder}/config.json" if self.subfolder else "config.json"
+            hub_offline()
             try:
                 parts = Path(hf_hub_download(self.ref, rel, revision=self.revision)).parts
             except Exception:  # unreachable hub: fall back to the revision name

@@ -29,8 +29,10 @@ from tlkit.plugin import (
     UnknownNameError,
     build_shapes_only,
     load_state_dict_file,
+    offline_reason,
+    use_hub_cache_only,
 )
-from tlkit_timm.naming import PREFIX, check_name, split_name
+from tlkit_timm.naming import PREFIX, check_name, pretrained_cfg, split_name
 from tlkit_timm.transforms import data_config, eval_transform, merge_overrides, train_transform
 
 if TYPE_CHECKING:
@@ -152,16 +154,70 @@ class TimmBackbone(ImageBackbone):
             return self.create_model(pretrained=False)
         return self._create_local(self.local_weights_path())
 
+    def download_source(self) -> str | None:
+        """Where ``weights="pretrained"`` downloads from (``hf-hub:<repo id>`` or a URL), read from the registry index
+        without importing timm; ``None`` when nothing is downloaded. A subclass that ships its own weights returns
+        ``None``."""
+        cfg = pretrained_cfg(self.timm_name())
+        return str(cfg[3]) if cfg and cfg[3] else None
+
+    def _offline(self, source: str | None) -> str | None:
+        """Why ``source`` cannot be downloaded now (see :func:`tlkit.plugin.offline_reason`), else ``None``."""
+        if source is None:
+            return None
+        return offline_reason() if source.startswith("hf-hub:") else offline_reason(source)
+
+    def _cached(self, source: str) -> bool:
+        """Whether the weights of ``source`` are in timm's local caches (the hub's, or torch.hub's for a URL)."""
+        import os
+
+        if source.startswith("hf-hub:"):
+            from huggingface_hub import try_to_load_from_cache
+
+            cfg = pretrained_cfg(self.timm_name()) or []
+            names = [cfg[4]] if len(cfg) > 4 and cfg[4] else ["model.safetensors", "pytorch_model.bin"]
+            repo = source.removeprefix("hf-hub:").split("@")[0]
+            return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        torch_home = os.environ.get("TORCH_HOME") or os.path.join(cache, "torch")
+        return os.path.isfile(os.path.join(torch_home, "hub", "checkpoints", os.path.basename(source.split("?")[0])))
+
+    def _offline_error(self, source: str, offline: str) -> TlkitError:
+        return TlkitError(
+            f"{self.name}: its pretrained weights ({source}) are not in the local cache and cannot be downloaded: "
+            f"{offline}; pass {{param}} none (random init), or {{param}} PATH with a weights file or a local model "
+            f"directory (config.json + model.safetensors)",
+            param="weights",
+        )
+
+    def check_weights_available(self) -> None:
+        """Published weights must be cached, or downloadable now; decided without importing timm."""
+        super().check_weights_available()
+        source = self.download_source() if self.weights_kind() == "pretrained" else None
+        if source is None or self._cached(source):
+            return
+        offline = self._offline(source)
+        if offline is not None:
+            raise self._offline_error(source, offline)
+
     def create_pretrained(self) -> nn.Module:
-        """The model with its published weights: timm's hub path (``pretrained=True``)."""
+        """The model with its published weights: timm's hub path (``pretrained=True``). Without a network (or with
+        ``HF_HUB_OFFLINE=1``) only timm's local cache is read, and a miss is one line at once, not a minute of
+        retries."""
+        source = self.pretrained_source()
+        offline = self._offline(source if source.startswith(("hf-hub:", "http://", "https://")) else None)
+        if offline is not None and source.startswith("hf-hub:"):
+            use_hub_cache_only(offline)
         try:
             return self.create_model(pretrained=True)
         except ConfigError:
             raise
         except Exception as exc:
+            if offline is not None:
+                raise self._offline_error(source, offline) from exc
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise TlkitError(
-                f"{self.name}: could not load pretrained weights from {self.pretrained_source()} "
+                f"{self.name}: could not load pretrained weights from {source} "
                 f"({type(exc).__name__}: {reason}); check the network and HF_HUB_OFFLINE, or pass {{param}} none "
                 f"or a local file or directory",
                 param="weights",
@@ -223,6 +279,12 @@ class TimmBackbone(ImageBackbone):
         cfg = dict(data.get("pretrained_cfg") or {})
         cfg.setdefault("num_classes", data.get("num_classes", 0))
         return cfg
+
+    def memo_inputs(self) -> dict[str, list[str]] | None:
+        """The spec and fingerprint come from timm's registry (keyed by the installed timm and torch) and, for local
+        weights, from the file or folder."""
+        paths = [str(self.local_weights_path())] if self.weights_kind() == "local" else []
+        return {"libraries": ["timm", "torch"], "paths": paths}
 
     def pretrained_source(self) -> str:
         """Where ``weights="pretrained"`` comes from, as the spec's ``source`` shows it."""

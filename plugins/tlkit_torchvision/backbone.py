@@ -22,6 +22,7 @@ from tlkit.plugin import (
     UnknownNameError,
     build_shapes_only,
     load_state_dict_file,
+    offline_reason,
     parse_augment,
 )
 from tlkit_torchvision.naming import PREFIX, check_name, find_weights, looks_like_enum, unknown_weights, weights_enum
@@ -69,6 +70,15 @@ class TorchvisionBackbone(ImageBackbone):
         if not Path(self.weights).expanduser().exists() and looks_like_enum(self.weights):
             raise unknown_weights(self.model_name, self.weights)
         return super().local_weights_path()
+
+    def memo_inputs(self) -> dict[str, list[str]] | None:
+        """The spec and fingerprint come from torchvision's weight enums (keyed by the installed torchvision and
+        torch) and, for a local weights file, from the file. Decided without importing torchvision: a weights
+        value that names an existing path is keyed by that path, anything else (an enum name) by the version."""
+        from pathlib import Path
+
+        local = self.weights not in ("pretrained", "none") and Path(self.weights).expanduser().exists()
+        return {"libraries": ["torchvision", "torch"], "paths": [self.weights] if local else []}
 
     def _preprocess_weights(self) -> Any:
         """Whose ``transforms()`` define preprocessing: the chosen weights, else the model's DEFAULT weights."""
@@ -161,9 +171,16 @@ class TorchvisionBackbone(ImageBackbone):
         check_name(self.name)
         weights = self.weights_enum()
         if weights is not None:
+            offline = offline_reason(weights.url)  # torch.hub reads its cache first; a miss needs the network
             try:
                 model = self._new_model(weights)
             except Exception as exc:
+                if offline is not None:
+                    raise TlkitError(
+                        f"{self.name}: weights {weights} are not in the local cache and cannot be downloaded: "
+                        f"{offline}; pass {{param}} none (random init) or {{param}} PATH with a local weights file",
+                        param="weights",
+                    ) from exc
                 reason = " ".join(str(exc).split())[:200]
                 raise TlkitError(
                     f"{self.name}: could not load weights {weights} from {weights.url} ({type(exc).__name__}: "

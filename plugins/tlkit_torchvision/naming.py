@@ -1,10 +1,16 @@
-"""``torchvision/<model>`` names and weight names (``IMAGENET1K_V2``, ``DEFAULT``), checked against torchvision."""
+"""``torchvision/<model>`` names and weight names (``IMAGENET1K_V2``, ``DEFAULT``), checked against torchvision.
+
+Checking and listing model names reads a small index of torchvision's classification models, built once per
+installed torchvision (:func:`tlkit.plugin.library_index`), so it imports neither torch nor torchvision.
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
-from tlkit.plugin import UnknownNameError
+from tlkit.plugin import UnknownNameError, library_index
 
 PREFIX = "torchvision/"
 
@@ -12,17 +18,31 @@ PREFIX = "torchvision/"
 CURATED = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "vit_b_16", "vgg16")
 
 
-def classification_models() -> list[str]:
-    """torchvision's image-classification models (not detection, segmentation, video or quantized ones)."""
+def live_models() -> list[str]:
+    """torchvision's image-classification models (not detection, segmentation, video or quantized ones), asked of
+    torchvision itself (imports it)."""
     import torchvision.models as tvm
 
     return sorted(tvm.list_models(module=tvm))
 
 
+@functools.cache
+def _indexed() -> tuple[str, ...]:
+    return tuple(library_index("torchvision", live_models, schema=1))
+
+
+def classification_models() -> list[str]:
+    """The classification model names of the installed torchvision, from the index (no import); while torchvision
+    is imported anyway, from torchvision itself."""
+    return live_models() if "torchvision.models" in sys.modules else list(_indexed())
+
+
 def check_name(name: str) -> str:
     """The model name of ``torchvision/<model>``; an unknown model raises with the closest names."""
     model = name.removeprefix(PREFIX)
-    known = classification_models()
+    known = _indexed()
+    if model not in known and "torchvision.models" in sys.modules:
+        known = tuple(live_models())
     if model not in known:
         raise UnknownNameError(
             "torchvision model",

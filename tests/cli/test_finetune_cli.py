@@ -31,7 +31,7 @@ def test_finetune_command_shows_plan_progress_and_result(data: Path, tmp_path: P
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, ["finetune", "fake/image", str(data), "-o", str(out), "--epochs", "2", *FAST])
     assert res.exit_code == 0, res.output
-    assert "linear probe on 16 frozen embeddings" in res.stderr  # the default starts from a probe (LP-FT)
+    assert "linear probe on 18 frozen embeddings" in res.stderr  # the default starts from a probe (LP-FT)
     assert "freeze plan: all:2" in res.stderr and "stages.1" in res.stderr
     assert "phase 1 from epoch 1: training stem, stages.0, stages.1" in res.stderr
     assert "epoch 2/2  train loss" in res.stderr and "items/s" in res.stderr

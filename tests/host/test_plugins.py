@@ -319,11 +319,9 @@ def test_modality_comes_from_the_class(fresh_plugins):
     try:
         assert resolve_backbone("mine/tiny").modality == "image"
         assert resolve_backbone("fake/text").modality == FakeTextBackbone.modality == "text"
-        assert {e.name: e.modality for e in get_registry().readers.values()} == {
-            "image": "image",
-            "text": "text",
-            "audio": "audio",
-        }
+        readers = {e.name: e.modality for e in get_registry().readers.values()}
+        formats = ("", "webdataset-", "parquet-", "hf-datasets-")
+        assert readers == {f"{f}{m}": m for f in formats for m in ("image", "text", "audio")}
     finally:
         tlkit.unregister_plugin("p1")
 

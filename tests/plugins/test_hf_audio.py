@@ -123,7 +123,7 @@ BLOCKS = {
 @pytest.mark.parametrize("kind", list(BLOCKS))
 def test_tiny_audio_models_load_embed_list_blocks_and_conform(audio_dirs, kind):
     bb = get_backbone(f"hf/{audio_dirs[kind]}")
-    assert resolve_backbone(bb.name).modality == "audio"
+    assert resolve_backbone(bb.name, bb.init_kwargs()).modality == "audio"  # the name and where the files are
     spec = bb.spec
     assert spec.modality == "audio" and spec.embed_dim == 32 and spec.preprocess["sample_rate"] == 16000
     assert spec.extra["model_type"] == {"ast": "audio-spectrogram-transformer"}.get(kind, kind)

@@ -110,7 +110,7 @@ def _embed(bb, texts, **kw) -> torch.Tensor:
 )
 def test_tiny_text_models_load_embed_list_blocks_and_conform(tiny_dirs, kind, blocks):
     bb = get_backbone(f"hf/{tiny_dirs[kind]}")
-    assert resolve_backbone(bb.name).modality == "text"
+    assert resolve_backbone(bb.name, bb.init_kwargs()).modality == "text"  # the name and where the files are
     spec = bb.spec
     assert (spec.modality, spec.embed_dim, spec.pooling) == ("text", 32, "mean")
     assert spec.preprocess["tokenizer"] == str(tiny_dirs[kind]) and spec.preprocess["max_length"] == 64
@@ -248,7 +248,7 @@ def test_unsupported_model_type_and_bad_directories(tmp_path):
         resolve_backbone(f"hf/{tmp_path}/missing/model")
     from tlkit_hf import tlkit_resolve_backbone
 
-    assert tlkit_resolve_backbone("timm/resnet18") is None  # not this plugin's name
+    assert tlkit_resolve_backbone("timm/resnet18", {}) is None  # not this plugin's name
 
 
 def test_curated_list_filters_by_pattern():

@@ -12,7 +12,7 @@ from tlkit.cache.reader import FeatureCache
 from tlkit.cache.storage import write_error
 from tlkit.data.ids import csv_cell
 from tlkit.errors import CacheError
-from tlkit.fileio import atomic_write_with
+from tlkit.fileio import atomic_write_with, output_file
 
 EXPORT_FORMATS = ("npz", "csv")
 
@@ -30,6 +30,7 @@ def export_cache(
     out = Path(out)
     if fmt not in EXPORT_FORMATS:
         raise CacheError(f"{{param}} must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}", param="fmt")
+    out = output_file(out, f"features.{fmt}", CacheError)
     write = _export_npz if fmt == "npz" else _export_csv
     with FeatureCache(path) as fc:
         src = fc.source(layer, view)

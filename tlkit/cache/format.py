@@ -106,14 +106,20 @@ KEY_FIELDS = {
     "view_seed": "view seed",
     "reader": "reader",
     "reader_options": "reader options",
+    "decode": "image decoding",
 }
+
+#: What a key field added after caches were written reads as when a key lacks it. ``decode``: caches of images made
+#: before reduced-size decoding were decoded in full, which differs from ``reduced`` by less than the tolerance
+#: ``docs/extraction.md`` states (per-row cosine >= 0.999), so their rows may be completed with reduced decoding.
+KEY_DEFAULTS: dict[str, Any] = {"decode": "reduced"}
 
 
 def key_mismatch(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two run keys (empty when rows may be mixed)."""
     out = []
     for k, label in KEY_FIELDS.items():
-        a, b = have.get(k), want.get(k)
+        a, b = have.get(k, KEY_DEFAULTS.get(k)), want.get(k, KEY_DEFAULTS.get(k))
         if dumps(a) != dumps(b):
             out.append(f"{label} {_short(a)} vs {_short(b)}")
     return out

@@ -1,4 +1,5 @@
-"""``tlkit cache merge``: shards (or any disjoint caches with the same key) into one cache."""
+"""``tlkit cache merge``: shards (or any disjoint caches with the same key) into one cache, copied (a self-contained
+file) or virtual (HDF5 virtual datasets mapping the parts, :mod:`tlkit.cache.virtual`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tlkit.cache.assemble import AssemblyPlan, assemble
 from tlkit.cache.format import dumps, key_mismatch, timestamp
 from tlkit.cache.reader import FeatureCache
 from tlkit.cache.storage import cache_lock
+from tlkit.cache.virtual import write_virtual
 from tlkit.errors import CacheError, FingerprintMismatchError
 from tlkit.fileio import atomic_write_with
 from tlkit.runtime.progress import ProgressCallback
@@ -43,10 +45,14 @@ def merge_caches(
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    virtual: bool = False,
 ) -> Path:
     """Merge part caches into one. Parts made with ``--shard I/N`` are put in shard order after checking that the
     shards are complete, disjoint and from the same backbone, settings and dataset; other parts are concatenated in
-    the order given, after the same key and disjointness checks."""
+    the order given, after the same key and disjointness checks.
+
+    The rows are copied into one self-contained file, or, with ``virtual``, mapped from the parts with HDF5 virtual
+    datasets (no copy: the parts must stay beside the merged file; tlkit refuses the file if one goes missing)."""
     import numpy as np
 
     output = Path(output)
@@ -69,6 +75,15 @@ def merge_caches(
     first = read[0].meta
     meta = _merged_meta(read, ordered)
     layers, n_views, store_dtype = first.get("layers", []), int(first.get("views") or 0), first["store_dtype"]
+    if virtual:
+        if any(Path(p.path).resolve() == output.resolve() for p in ordered):
+            raise CacheError(f"{output} is one of the parts; a virtual merge maps its parts, so write it elsewhere")
+        spec = [(p.path, len(p.ids), str(p.meta.get("run_id", ""))) for p in ordered]
+        meta["merged_virtual"] = True
+        with cache_lock(output):
+            atomic_write_with(output, lambda tmp: write_virtual(Path(tmp), output, spec, plan.ids, plan.labels,
+                                                               plan.stamps, meta, layers, n_views))  # fmt: skip
+        return output
     with cache_lock(output):
         atomic_write_with(output, lambda tmp: assemble(Path(tmp), plan, meta, layers=layers, n_views=n_views,
                                                        store_dtype=store_dtype, progress=progress))  # fmt: skip
@@ -108,7 +123,8 @@ def _check_disjoint(parts: Sequence[_Part]) -> None:
 
 def _merged_meta(parts: Sequence[_Part], ordered: Sequence[_Part]) -> dict[str, Any]:
     """The first part's metadata, less what describes one part, plus the skips and flags of all of them."""
-    meta = {k: v for k, v in parts[0].meta.items() if k not in ("checksums", "shard", "n_items", "complete")}
+    drop = ("checksums", "shard", "n_items", "complete", "virtual", "merged_virtual")
+    meta = {k: v for k, v in parts[0].meta.items() if k not in drop}
     meta["skipped"] = [s for p in ordered for s in p.meta.get("skipped", [])]
     flags: dict[str, int] = {}
     for p in parts:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, read_strings
-from tlkit.cache.storage import h5py_module
+from tlkit.cache.storage import folder_instead_of_cache, h5py_module
+from tlkit.cache.virtual import virtual_problems
 from tlkit.cache.workdir import unfinished_cache
 from tlkit.errors import CacheError, UnknownNameError
 
@@ -35,6 +36,9 @@ class FeatureCache:
         if not self.path.exists():
             why = unfinished_cache(self.path)
             raise CacheError(why or f"{self.path}: no such cache; create it with tlkit extract")
+        folder = folder_instead_of_cache(self.path)
+        if folder is not None:
+            raise CacheError(folder)
         self._file = _open(self.path)
         try:
             self.meta: dict[str, Any] = read_meta_attr(self._file, self.path)
@@ -47,6 +51,10 @@ class FeatureCache:
                 raise CacheError(f"{self.path} is incomplete (no completion marker); rerun tlkit extract")
             if "features" not in self._file:
                 raise CacheError(f"{self.path}: no 'features' dataset; the file is damaged, re-extract it")
+            if self.meta.get("virtual"):  # a virtual merge reads its parts: each must be there, unchanged
+                problems = virtual_problems(self.path, self.meta)
+                if problems:
+                    raise CacheError(problems[0])
         except BaseException:
             self._file.close()
             raise

@@ -5,13 +5,9 @@ h5py and numpy are imported inside the functions, so importing the cache package
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
-import socket
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.cache.format import lock_path_for
 from tlkit.data.ids import id_bytes
 from tlkit.errors import CacheError
-from tlkit.fileio import writer_lock
+from tlkit.fileio import describe_holder, lock_holder, output_file, writer_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,66 +28,31 @@ def cache_lock(path: str | os.PathLike[str], timeout: float = 0) -> AbstractCont
     """Hold ``CACHE.h5.lock`` while in the ``with`` block; a second writer gets a clear :class:`CacheError`.
 
     The lock is an OS file lock (``flock``), so the kernel drops it when the holder dies, even by ``kill -9``.
-    While it is held, ``CACHE.h5.lock.owner`` names the writer (pid, host, start time) for :func:`live_writer`.
+    While it is held, the lock file names the writer (pid, host, start time) for :func:`live_writer`; a clean
+    release deletes it (:func:`tlkit.fileio.writer_lock`). A path that is a folder is refused here, before
+    anything is computed: every writer of a cache takes this lock first.
     """
-    return _owned_lock(Path(path), timeout)
+    path = output_file(path, "features.h5", CacheError)
+    return writer_lock(lock_path_for(path), path, noun="cache", error=CacheError, timeout=timeout)
 
 
-@contextlib.contextmanager
-def _owned_lock(path: Path, timeout: float) -> Iterator[None]:
-    with writer_lock(lock_path_for(path), path, noun="cache", error=CacheError, timeout=timeout):
-        owner = _owner_path(path)
-        with contextlib.suppress(OSError):  # the owner note is a courtesy to readers; the lock is what counts
-            owner.write_text(
-                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}), "utf-8"
-            )
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                owner.unlink()
-
-
-def _owner_path(path: Path) -> Path:
-    lock = lock_path_for(path)
-    return lock.with_name(lock.name + ".owner")
+def folder_instead_of_cache(path: str | os.PathLike[str]) -> str | None:
+    """The one message for a folder given where a cache file is read (``train``, ``--val``, ``cache info``,
+    ``cache verify``, a cache as ``predict``/``evaluate`` input), or ``None`` when ``path`` is no folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    return f"{path} is a folder, not a cache file; give the .h5 file written by tlkit extract"
 
 
 def live_writer(path: str | os.PathLike[str]) -> str | None:
     """``"pid N on host H, since T"`` when a live process holds the cache's writer lock, else ``None``.
 
-    Read-only for the cache: the owner note says who, and a non-blocking shared ``flock`` on the lock file says
-    whether that writer still lives (the kernel drops the lock of a process that died, even by ``kill -9``).
+    Read-only for the cache: the lock file says who, and a non-blocking shared ``flock`` on it says whether that
+    writer still lives (the kernel drops the lock of a process that died, even by ``kill -9``).
     """
-    path = Path(path)
-    try:
-        info = json.loads(_owner_path(path).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or not _lock_held(lock_path_for(path)):
-        return None
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("since") or 0)))
-    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, since {since}"
-
-
-def _lock_held(lock: Path) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): trust the owner note
-        return True
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    holder = lock_holder(lock_path_for(path))
+    return describe_holder(holder) if holder is not None else None
 
 
 def h5py_module() -> Any:

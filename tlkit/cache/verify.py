@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.cache.format import COPY_ROWS, FORMAT_VERSION, layer_key, read_meta_attr, read_strings, work_dir_for
-from tlkit.cache.storage import h5py_module, le_bytes, live_writer
+from tlkit.cache.storage import folder_instead_of_cache, h5py_module, le_bytes, live_writer
+from tlkit.cache.virtual import virtual_problems
 from tlkit.cache.workdir import describe_work, unfinished_cache
 from tlkit.data.ids import id_bytes
 from tlkit.errors import CacheError
@@ -44,6 +45,9 @@ def verify_cache(path: str | os.PathLike[str], *, checksums: bool = True) -> Ver
         if why is not None:
             return VerifyReport(path, "incomplete", [why])
         return VerifyReport(path, "missing", [f"{path}: no such file"])
+    folder = folder_instead_of_cache(path)
+    if folder is not None:
+        return VerifyReport(path, "missing", [folder])
     try:
         f = h5py_module().File(path, "r")
     except OSError as exc:
@@ -77,6 +81,10 @@ def _check_file(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, checksums
         rep.problems.append(f"missing dataset(s): {', '.join(missing)}")
         return
     rep.items = int(f["features"].shape[0])
+    rep.problems.extend(virtual_problems(rep.path, meta))  # a virtual merge's parts (verify each part as well)
+    if rep.problems:
+        rep.status = "corrupt"
+        return
     rep.problems.extend(_shape_problems(f, meta, rep.items))
     if not rep.problems:
         _check_contents(f, meta, rep, checksums)

@@ -74,19 +74,25 @@ def _broken_row(b: Any) -> dict[str, Any]:
 @click.argument("name")
 @click.option(
     "--weights",
-    default="none",
+    default="pretrained",
     show_default=True,
-    help="Weights used to build it for inspection: pretrained, none or a local path.",
+    help="Describe it with these weights: pretrained (what the name loads, as extract uses it), none or a local "
+    "path. Nothing is downloaded: blocks are counted on the architecture alone.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def backbones_info_cmd(name: str, weights: str, as_json: bool) -> None:
-    """Show a backbone's spec: modality, embedding size, preprocessing, pooling, weights, blocks."""
-    from tlkit.host.api import get_backbone
+    """Show a backbone's spec, fingerprint and blocks.
 
-    bb = get_backbone(name, weights=weights)
-    spec = bb.spec.to_dict()
-    blocks: list[dict[str, Any]] = [{"name": b.name, "params": b.n_params(bb.module)} for b in bb.blocks()]
-    info = {**spec, "fingerprint": bb.fingerprint(), "blocks": blocks}
+    The spec: modality, embedding size, preprocessing, pooling, weights. The fingerprint is the one `tlkit extract`
+    records with the same weights. The description is remembered on disk (keyed by the installed libraries and
+    local files), so asking again is fast and imports no model library."""
+    from tlkit.host.api import get_backbone
+    from tlkit.host.describe import describe
+
+    described = describe(get_backbone(name, weights=weights), blocks=True)
+    spec = described.spec.to_dict()
+    blocks: list[dict[str, Any]] = [{"name": b.name, "params": b.params} for b in described.blocks or ()]
+    info = {**spec, "fingerprint": described.fingerprint, "blocks": blocks}
     if as_json:
         echo_json(info)
         return
@@ -128,16 +134,17 @@ def heads_cmd(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--weights", default="none", show_default=True, help="pretrained, none or a local path.")
 @click.option("--unfreeze", metavar="SPEC", help="Freeze report for: none, all, last:N, from:NAME, names.")
+@click.option("--adapter", metavar="SPEC", help="With adapters (lora:r=8,…): adapter parameters per block.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def blocks_cmd(name: str, weights: str, unfreeze: str | None, as_json: bool) -> None:
+def blocks_cmd(name: str, weights: str, unfreeze: str | None, adapter: str | None, as_json: bool) -> None:
     """Show a backbone's named blocks, earliest first, with parameter counts."""
     from tlkit.host.api import get_backbone
 
     bb = get_backbone(name, weights=weights)
-    if unfreeze:
+    if unfreeze or adapter:
         from tlkit.cli.finetune import show_freeze_preview
 
-        show_freeze_preview(bb, unfreeze, as_json)
+        show_freeze_preview(bb, unfreeze or "all", as_json, adapter=adapter)
         return
     blocks = bb.output_blocks()  # a block whose output never reaches the embedding is not offered
     rows: list[list[Any]] = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(blocks)]

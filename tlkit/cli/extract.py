@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tlkit.cli.options import preprocess_options
 from tlkit.runtime.policy import PRECISIONS, option_help
 from tlkit.runtime.progress import ProgressEvent
 
@@ -18,6 +19,21 @@ if TYPE_CHECKING:
     from tlkit.extraction import ExtractResult
 
 SHOW_SKIPPED = 10
+
+
+class _InputType(click.Path):
+    """A local path that must exist, or a URL or pattern (``s3://b/{000..009}.tar``, ``data/*.parquet``) passed on
+    as it is, for the readers that take them (docs/large-datasets.md)."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, path_type=pathlib.Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from tlkit.data.remote import is_pattern, is_url
+
+        if isinstance(value, str) and (is_url(value) or is_pattern(value)):
+            return value
+        return super().convert(value, param, ctx)
 
 
 def _parse_reader_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -85,19 +101,25 @@ class _ProgressBar:
 
 @click.command("extract")
 @click.argument("backbone")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=pathlib.Path))
+@click.argument("input_path", metavar="INPUT", type=_InputType())
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path), help="The cache file (.h5).")
 @click.option("--weights", default="pretrained", show_default=True, help="pretrained, none, or a local file/folder.")
+@preprocess_options()
 @click.option("--device", default="auto", show_default=True, help=option_help("device", "extract"))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help=option_help("precision", "extract"))  # fmt: skip
 @click.option("--batch-size", default="auto", show_default=True, help=option_help("batch_size", "extract"))
 @click.option("--workers", default="auto", show_default=True, help=option_help("workers", "extract"))
 @click.option("--layers", default="last", show_default=True,
-              help="last, all (every block, one forward pass), or a comma list of block names.")  # fmt: skip
+              help="last (the final embedding only), all (also the pooled output of every layer the backbone offers, "
+                   "from one forward pass: for timm CNNs the feature stages, e.g. 5 of EfficientNet's 9 blocks; "
+                   "tlkit cache info lists them), or a comma list of those names.")  # fmt: skip
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also store K augmented views per item (the backbone's training transform).")  # fmt: skip
 @click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--decode", type=click.Choice(["reduced", "exact"]), default="reduced", show_default=True,
+              help="Images: reduced decodes large JPEGs at a reduced size that the backbone's resize allows "
+                   "(faster; per-row cosine >= 0.999 to exact); exact decodes every image in full.")  # fmt: skip
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="skip: record unreadable items with reasons; fail: stop at the first one.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N items.")
@@ -116,9 +138,10 @@ class _ProgressBar:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the summary line.")
 def extract_cmd(
     backbone: str,
-    input_path: pathlib.Path,
+    input_path: pathlib.Path | str,
     output: pathlib.Path,
     weights: str,
+    preprocess: dict[str, Any],
     device: str,
     precision: str,
     batch_size: str,
@@ -126,6 +149,7 @@ def extract_cmd(
     layers: str,
     views: int,
     store_dtype: str,
+    decode: str,
     on_error: str,
     limit: int | None,
     overwrite: bool,
@@ -144,9 +168,11 @@ def extract_cmd(
     Reruns are cheap: a complete cache is left alone, new items are added, an interrupted run resumes.
 
     \b
-    Example:
+    Examples:
       tlkit extract timm/resnet50 photos/ -o photos.h5
+      tlkit extract effnet/lite0 data/train -o train.h5 --input-size 160   # smaller input: much faster
     """
+    from tlkit.cli.group import draw_bars
     from tlkit.extraction import extract
     from tlkit.runtime.distributed import dist_env, errors_on_main_only
 
@@ -155,13 +181,13 @@ def extract_cmd(
         if value is not None:
             options[key] = value
     env = dist_env()  # under torchrun, tlkit.extract shards over the ranks and rank 0 reports for the job
-    show_bar = not quiet and not as_json and sys.stderr.isatty() and (env is None or env.is_main)
+    show_bar = not quiet and not as_json and draw_bars() and (env is None or env.is_main)
     with _ProgressBar(show_bar) as bar, errors_on_main_only():
         result = extract(
-            backbone, input_path, output, weights=weights, device=device, precision=precision,
+            backbone, input_path, output, weights=weights, preprocess=preprocess, device=device, precision=precision,
             batch_size=batch_size, workers=workers, layers=layers, views=views, store_dtype=store_dtype,
             on_error=on_error, limit=limit, overwrite=overwrite, shard=shard, commit_rows=commit_rows,
-            reader=reader_name, reader_options=options, progress=bar,
+            reader=reader_name, reader_options=options, progress=bar, decode=decode,
         )  # fmt: skip
     if env is None or env.is_main:  # rank 0 reports for the whole job
         _report(result, output, as_json)
@@ -238,6 +264,7 @@ def cache_info_cmd(cache: pathlib.Path, as_json: bool) -> None:
     rows = [
         ("path", info["path"]),
         ("backbone", f"{bb['name']} (weights {bb['weights']})"),
+        ("preprocess", _preprocess_row(bb)),
         ("fingerprint", bb["fingerprint"]),
         ("items", f"{info['items']:,}"),
         ("features", f"{info['dim']} x {info['store_dtype']} (computed in {info['precision']})"),
@@ -263,6 +290,16 @@ def cache_info_cmd(cache: pathlib.Path, as_json: bool) -> None:
 
     for s in info["skipped"][:SHOW_SKIPPED]:
         click.echo(f"  skipped {display_id(s['id'])}: {s['reason']}")
+
+
+def _preprocess_row(backbone: dict[str, Any]) -> str:
+    """The preprocessing options the cache was extracted with (as flags), or that the backbone's own was used."""
+    from tlkit.contract.image import preprocess_args
+
+    overrides = (backbone.get("init_kwargs") or {}).get("preprocess") or {}
+    size = ((backbone.get("spec") or {}).get("preprocess") or {}).get("input_size")
+    shown = f"input size {size[-2]}x{size[-1]}; " if isinstance(size, list) and len(size) >= 2 else ""
+    return shown + (" ".join(preprocess_args(overrides)) if overrides else "the backbone's own")
 
 
 @cache_group.command("verify")
@@ -310,11 +347,14 @@ def cache_export_cmd(cache: pathlib.Path, output: pathlib.Path, fmt: str, layer:
 @click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=pathlib.Path))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def cache_merge_cmd(parts: tuple[pathlib.Path, ...], output: pathlib.Path, overwrite: bool) -> None:
+@click.option("--virtual", is_flag=True,
+              help="Map the parts with HDF5 virtual datasets instead of copying them (fast; the parts must stay "
+                   "beside OUTPUT).")  # fmt: skip
+def cache_merge_cmd(parts: tuple[pathlib.Path, ...], output: pathlib.Path, overwrite: bool, virtual: bool) -> None:
     """Merge shard caches (tlkit extract --shard I/N) into one; checks they are complete, disjoint and alike."""
     from tlkit.cache import FeatureCache, merge_caches
 
-    out = merge_caches(list(parts), output, overwrite=overwrite)
+    out = merge_caches(list(parts), output, overwrite=overwrite, virtual=virtual)
     with FeatureCache(out) as fc:
         click.echo(f"merged {len(parts)} parts into {out}: {len(fc):,} items")
 

@@ -6,12 +6,14 @@ Only click and light tlkit modules are imported here; torch loads inside the com
 from __future__ import annotations
 
 import pathlib
+import shlex
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from tlkit.cli.group import ProgressBar
+from tlkit.cli.group import ProgressBar, draw_bars
+from tlkit.cli.options import preprocess_options
 from tlkit.runtime.policy import PRECISIONS, option_help
 
 PATH = click.Path(path_type=pathlib.Path)
@@ -69,15 +71,23 @@ def render_freeze(rows: list[Any], title: str, err: bool = False) -> None:
     Console(stderr=err, soft_wrap=True).print(table)
 
 
-def show_freeze_preview(backbone: Any, unfreeze: str, as_json: bool = False) -> None:
-    """``tlkit blocks NAME --unfreeze SPEC``: the freeze report with default rates and BatchNorm policy."""
+def show_freeze_preview(backbone: Any, unfreeze: str, as_json: bool = False, adapter: str | None = None) -> None:
+    """``tlkit blocks NAME --unfreeze SPEC [--adapter SPEC]``: the freeze report with default rates and BatchNorm
+    policy (with ``--adapter``, the adapter parameters each block trains)."""
     from tlkit.finetuning.freeze import freeze_preview
 
-    rows = freeze_preview(backbone, unfreeze)
+    rows = freeze_preview(backbone, unfreeze, adapter=adapter)
     if as_json:
         _json([r.to_dict() for r in rows])
         return
     n = sum(r.trainable for r in rows)
+    if adapter:
+        trainable = sum(r.adapter_params or 0 for r in rows if r.trainable)
+        base = sum(r.params for r in rows)
+        what = f"{trainable:,} adapter params train ({100 * trainable / max(base, 1):.2f} % of {base:,})"
+        title = f"{backbone.name} --unfreeze {unfreeze} --adapter {adapter}: {n}/{len(rows)} blocks, {what}"
+        render_freeze(rows, title)
+        return
     trainable = sum(r.params for r in rows if r.trainable)
     render_freeze(
         rows, f"{backbone.name} --unfreeze {unfreeze}: {n}/{len(rows)} blocks, {trainable:,} backbone params train"
@@ -95,12 +105,19 @@ class _Progress:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.bars = not quiet and draw_bars()  # the lines go to stderr anyway; the bars only on a terminal
         self.bar: ProgressBar | None = None
 
     def __call__(self, ev: Any) -> None:
         if self.quiet:
             return
-        if ev.kind == "start":
+        if ev.kind == "probe":
+            if self.bar is None and self.bars:
+                self.bar = ProgressBar("linear probe: frozen features", max(ev.steps, 1), remaining=True)
+            if self.bar is not None:
+                self.bar.update(ev.step, f"{ev.items_per_s or 0:.1f} items/s")
+        elif ev.kind == "start":
+            self._close()
             if ev.message:
                 click.echo(ev.message, err=True)
             render_freeze(ev.freeze, f"freeze plan: {ev.plan} ({ev.epochs} epochs)", err=True)
@@ -126,9 +143,10 @@ class _Progress:
             click.echo(line, err=True)
 
     def _open(self, ev: Any) -> None:
-        self.bar = ProgressBar(
-            f"epoch {ev.epoch}/{ev.epochs}", ev.steps, info="loss -  acc -  - items/s", remaining=True
-        )
+        if self.bars:
+            self.bar = ProgressBar(
+                f"epoch {ev.epoch}/{ev.epochs}", ev.steps, info="loss -  acc -  - items/s", remaining=True
+            )
 
     def _close(self) -> None:
         if self.bar is not None:
@@ -141,13 +159,19 @@ class _Progress:
 @click.argument("train", type=EXISTING)
 @click.option("-o", "--output", type=PATH, required=True, help="Run directory to write (or to --resume).")
 @click.option("--val", type=EXISTING, help="Validation data (same classes). Default: hold out --val-split.")
-@click.option("--val-split", type=float, help="Fraction of TRAIN held out for validation (default 0.2; 0 = none).")
+@click.option("--val-split", type=float, help="Fraction of TRAIN held out for validation (default 0.1; 0 = none).")
 @click.option("--weights", help="pretrained (default), none, or a local weights file/directory.")
-@click.option("--input-size", type=int, help="Override an image model's input size (pixels).")
+@preprocess_options()
 @click.option("--head", help="Head type (default linear, from a probe; with --init-head, the probe's).")
 @click.option("--head-param", "head_params", multiple=True, metavar="KEY=VALUE", help="Head parameter (repeatable).")
 @click.option(
     "--unfreeze", metavar="SPEC", help="Blocks to train: all (default), none, last:N, from:NAME, names/globs."
+)
+@click.option(
+    "--adapter",
+    metavar="SPEC",
+    help="Train peft adapters in the blocks --unfreeze/--schedule name, base weights frozen: "
+    "lora[:r=8,alpha=16,dropout=0.05,targets=GLOB+GLOB], ia3, loha, lokr (needs peft: pip install peft).",
 )
 @click.option("--schedule", metavar="PHASES", help='Explicit phases, e.g. "head:2,last:1:2,last:3:4".')
 @click.option("--gradual", is_flag=True, help="Unfreeze one more block (top-down) every --gradual-every epochs.")
@@ -197,7 +221,7 @@ def finetune_cmd(
     train: pathlib.Path,
     output: pathlib.Path,
     weights: str | None,
-    input_size: int | None,
+    preprocess: dict[str, Any],
     head_params: tuple[str, ...],
     grad_clip: float,
     reader: str | None,
@@ -218,6 +242,7 @@ def finetune_cmd(
     tlkit finetune timm/resnet18 data/train -o runs/ft --unfreeze last:2
     tlkit finetune timm/resnet18 data/train -o runs/ft --schedule "head:2,last:1:2,last:3:4"
     tlkit finetune timm/resnet18 data/train -o runs/ft --init-head runs/probe   # LP-FT
+    tlkit finetune effnet/lite0 data/train -o runs/ft --init-head runs/probe --input-size 96   # probe at 96 px
     """
     from tlkit.finetuning import finetune
     from tlkit.heads.torch_heads import parse_params
@@ -232,7 +257,7 @@ def finetune_cmd(
             output,
             val=val,
             weights=weights,
-            input_size=input_size,
+            preprocess=preprocess,
             reader=reader,
             reader_options=_reader_options(reader_opts),
             on_error=on_error,
@@ -270,20 +295,23 @@ def _report(result: Any, as_json: bool) -> None:
         shown = ", ".join(f"{s.id} ({s.reason})" for s in result.skipped[:5])
         more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
         click.echo(f"skipped {len(result.skipped)} bad item(s): {shown}{more}", err=True)
-    click.echo(f"run: {result.run_dir}  (model.safetensors, report.json, curves.png, confusion.png)")
+    adapters = (result.run_dir / "adapter.json").is_file()
+    weights = "adapter.safetensors, head.safetensors" if adapters else "model.safetensors"
+    click.echo(f"run: {result.run_dir}  ({weights}, report.json, curves.png, confusion.png)")
 
 
 @click.command("lr-find")
 @click.argument("backbone")
 @click.argument("train", type=EXISTING)
 @click.option("-o", "--output", type=PATH, default=pathlib.Path("lr_find.png"), show_default=True, help="Plot file.")
-@click.option("--unfreeze", default="last:1", show_default=True, metavar="SPEC", help="Blocks trained in the test.")
+@click.option("--unfreeze", default="all", show_default=True, metavar="SPEC",
+              help="Blocks trained in the test (finetune's default: every block).")  # fmt: skip
 @click.option("--start-lr", type=float, default=1e-7, show_default=True)
 @click.option("--end-lr", type=float, default=1.0, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--weights", help="pretrained (default), none, or a local path.")
-@click.option("--input-size", type=int, help="Override an image model's input size.")
-@click.option("--head", help="Head type (default mlp).")
+@preprocess_options()
+@click.option("--head", help="Head type (default linear, started from a linear probe as tlkit finetune's).")
 @click.option("--backbone-lr-ratio", type=float, help="Backbone rate = head rate × this (default 0.1).")
 @click.option("--layer-decay", type=float)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -292,20 +320,29 @@ def _report(result: Any, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help=option_help("device", "finetune"))
 @workers_option("finetune")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curve and suggestion as JSON.")
 def lr_find_cmd(
     backbone: str,
     train: pathlib.Path,
     output: pathlib.Path,
     weights: str | None,
-    input_size: int | None,
+    preprocess: dict[str, Any],
+    quiet: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
     """Learning-rate range test: plot loss against the head rate (backbone scaled) and suggest a rate."""
+    import contextlib
+
+    from tlkit.cli.train import ExtractProgress
     from tlkit.finetuning import lr_find
 
-    result = lr_find(backbone, train, output=output, weights=weights, input_size=input_size, **options)
+    stages = {"features": "linear probe: frozen features", "lr-find": "lr-find"}
+    with contextlib.closing(ExtractProgress(quiet or as_json, stages=stages)) as progress:
+        result = lr_find(
+            backbone, train, output=output, weights=weights, preprocess=preprocess, progress=progress, **options
+        )
     if as_json:
         _json(
             {
@@ -321,9 +358,13 @@ def lr_find_cmd(
         return
     click.echo(result.summary())
     click.echo(f"plot: {result.plot}")
+    from tlkit.contract.image import preprocess_args
+
+    args = (["--weights", weights] if weights else []) + preprocess_args(preprocess)
+    carried = "".join(" " + shlex.quote(arg) for arg in args)
     click.echo(
-        f"next: tlkit finetune {backbone} {train} -o RUN_DIR --unfreeze {result.unfreeze} "
-        f"--lr {result.suggested_lr:.1e}"
+        f"next: tlkit finetune {shlex.quote(backbone)} {shlex.quote(str(train))} -o RUN_DIR{carried} "
+        f"--unfreeze {result.unfreeze} --lr {result.suggested_lr:.1e}"
     )
 
 
@@ -331,36 +372,47 @@ def lr_find_cmd(
 @click.argument("train", type=EXISTING)
 @click.option("--backbone", help="Probe this backbone's frozen features on a small sample (domain similarity).")
 @click.option("--weights", help="Weights for the probe: pretrained (default), none or a path.")
+@preprocess_options()
 @click.option("--probe-items", type=int, default=600, show_default=True, help="Items in the probe sample.")
 @click.option("--modality", type=click.Choice(["image", "text", "audio"]), help="Data modality without --backbone.")
 @click.option("--reader", help="Reader name.")
 @click.option("--reader-option", "reader_opts", multiple=True, metavar="KEY=VALUE")
 @workers_option("extract")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON.")
 def advise_cmd(
     train: pathlib.Path,
     backbone: str | None,
     weights: str | None,
+    preprocess: dict[str, Any],
     probe_items: int,
     modality: str | None,
     reader: str | None,
     reader_opts: tuple[str, ...],
     workers: int | None,
+    quiet: bool,
     as_json: bool,
 ) -> None:
-    """Recommend feature extraction or fine-tuning for TRAIN, with the commands to run and why."""
+    """Recommend feature extraction or fine-tuning for TRAIN, with the commands to run and why. The commands repeat
+    --weights, the preprocessing options and the reader options given here."""
+    import contextlib
+
+    from tlkit.cli.train import ExtractProgress
     from tlkit.finetuning.advice import advise
 
-    advice = advise(
-        train,
-        backbone,
-        weights=weights,
-        probe_items=probe_items,
-        modality=modality,
-        reader=reader,
-        reader_options=_reader_options(reader_opts),
-        workers=workers,
-    )
+    with contextlib.closing(ExtractProgress(quiet or as_json, stages={"features": "probe features"})) as progress:
+        advice = advise(
+            train,
+            backbone,
+            weights=weights,
+            probe_items=probe_items,
+            modality=modality,
+            reader=reader,
+            reader_options=_reader_options(reader_opts),
+            workers=workers,
+            preprocess=preprocess,
+            progress=progress,
+        )
     if as_json:
         _json(advice.to_dict())
         return
@@ -391,6 +443,8 @@ def export_cmd(run_dir: pathlib.Path, fmt: str, output: pathlib.Path | None, no_
         _json(result.to_dict())
         return
     click.echo(f"wrote {result.path} ({result.format}; inputs {', '.join(result.inputs)}; output logits)")
+    if result.data is not None:
+        click.echo(f"weights too large for one file: {result.data} (keep it beside {result.path.name})")
     if not no_check:
         click.echo(f"checked with {result.checked_with}: max |Δ logit| = {result.max_abs_diff:.2e}")
     click.echo(f"preprocessing and class names: {result.sidecar}")

@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -103,16 +103,31 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+#: Width of a table written to a pipe or file: no terminal to fit, so no cell is wrapped or cut.
+PIPE_WIDTH = 10_000
+
+
 def print_table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """A table on stdout. No cell but the last column's is cut or wrapped (names stay whole, to copy); on a terminal
+    the last column wraps at words to its width, and in a pipe or file nothing wraps (each row is one line)."""
     from rich.console import Console
     from rich.table import Table
 
+    cells = [[f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row] for row in rows]
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(soft_wrap=True, width=PIPE_WIDTH)
     table = Table(title=title, show_lines=False, header_style="bold")
     for i, col in enumerate(columns):
-        table.add_column(col, justify="right" if rows and isinstance(rows[0][i], int | float) else "left")
-    for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row))
-    Console(soft_wrap=True).print(table)
+        justify: Literal["left", "right"] = "right" if rows and isinstance(rows[0][i], int | float) else "left"
+        if i < len(columns) - 1:
+            widest = max([len(col), *(len(r[i]) for r in cells)])
+            table.add_column(col, justify=justify, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(col, justify=justify, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
 
 
 def stderr_console() -> Any:

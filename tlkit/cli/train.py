@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from tlkit.cli.group import ProgressBar, draw_bars
+from tlkit.cli.options import CHECK, preprocess_options
 from tlkit.runtime.policy import PRECISIONS, option_help
 
 PATH = click.Path(path_type=pathlib.Path)
@@ -75,22 +76,30 @@ class TrainProgress:
 
 
 class ExtractProgress:
-    """Draws the extraction engine's :class:`tlkit.runtime.progress.ProgressEvent` objects as one bar with items/s."""
+    """Draws :class:`tlkit.runtime.progress.ProgressEvent` objects as one bar per stage with its rate and the time
+    remaining: the extraction engine's ``extract`` stage by default; ``stages`` maps other stages to their titles
+    (``{"features": "probe features", "lr-find": "lr-find"}``). The event's ``message`` follows the rate."""
 
-    def __init__(self, quiet: bool, title: str = "extract") -> None:
+    UNITS = {"lr-find": "steps"}
+
+    def __init__(self, quiet: bool, title: str = "extract", stages: dict[str, str] | None = None) -> None:
         self.quiet = quiet or not draw_bars()
-        self.title = title
+        self.titles = stages or {"extract": title}
         self.bar: ProgressBar | None = None
+        self.stage = ""
 
     def __call__(self, ev: Any) -> None:
         stage = getattr(ev, "stage", None)
-        if stage == "done":
+        if stage == "done" or (self.bar is not None and stage in self.titles and stage != self.stage):
             self.close()
-        if self.quiet or stage != "extract":
+        if self.quiet or stage not in self.titles:
             return
+        unit = self.UNITS.get(stage, "items")
         if self.bar is None:
-            self.bar = ProgressBar(self.title, max(ev.total, 1), info="- items/s", remaining=True)
-        self.bar.update(ev.done, f"{ev.rate:.1f} items/s", total=max(ev.total, 1))
+            self.stage = stage
+            self.bar = ProgressBar(self.titles[stage], max(ev.total, 1), info=f"- {unit}/s", remaining=True)
+        rate = f"{ev.rate:.1f} {unit}/s" if ev.done else f"- {unit}/s"
+        self.bar.update(ev.done, f"{rate}  {ev.message}" if ev.message else rate, total=max(ev.total, 1))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -300,6 +309,7 @@ def train_cmd(
 @click.option("-o", "--output", type=PATH, required=True, help="CSV file to write (id, predicted, top-k).")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Classes with probabilities per item.")
 @raw_item_options("predict")
+@preprocess_options(CHECK)
 @allow_estimator_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict_cmd(
@@ -309,12 +319,13 @@ def predict_cmd(
     top_k: int,
     quiet: bool,
     allow_estimators: tuple[str, ...],
+    preprocess: dict[str, Any],
     **runtime: Any,
 ) -> None:
     """Predict classes for raw items or a feature cache with a trained run (tlkit train or tlkit finetune).
 
-    Raw items are extracted with the run's backbone first; a cache must come from the same backbone (its
-    fingerprint is checked).
+    Raw items are extracted with the run's backbone first, with the preprocessing the run recorded (the
+    preprocessing options only check it); a cache must come from the same backbone (its fingerprint is checked).
     """
     from tlkit.heads.sklearn_head import allowing
     from tlkit.inference.prediction import predict
@@ -322,7 +333,7 @@ def predict_cmd(
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
     with contextlib.closing(ExtractProgress(quiet)) as progress, allowing(allow_estimators):
-        preds = predict(run_dir, input, output=output, top_k=top_k, progress=progress, **runtime)
+        preds = predict(run_dir, input, output=output, top_k=top_k, progress=progress, preprocess=preprocess, **runtime)
     counts: dict[str, int] = {}
     for name in preds.predicted_names:
         counts[name] = counts.get(name, 0) + 1
@@ -350,6 +361,7 @@ def echo_skipped(skipped: list[tuple[str, str]], output: pathlib.Path) -> None:
 @click.argument("input", type=EXISTING)
 @click.option("-o", "--output-dir", type=PATH, help="Where to write report.json, predictions.csv, confusion.png.")
 @raw_item_options("predict")
+@preprocess_options(CHECK)
 @allow_estimator_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -360,9 +372,11 @@ def evaluate_cmd(
     as_json: bool,
     quiet: bool,
     allow_estimators: tuple[str, ...],
+    preprocess: dict[str, Any],
     **runtime: Any,
 ) -> None:
-    """Metrics and plots of a trained run on a labelled set (raw items, or a cache for head runs).
+    """Metrics and plots of a trained run on a labelled set (raw items, or a cache for head runs), with the
+    preprocessing the run recorded.
 
     Writes report.json, predictions.csv and confusion.png to --output-dir (default RUN_DIR/eval-<input name>).
     """
@@ -371,7 +385,7 @@ def evaluate_cmd(
 
     out = output_dir or run_dir / f"eval-{input.stem or input.name}"
     with contextlib.closing(ExtractProgress(quiet or as_json)) as progress, allowing(allow_estimators):
-        result = evaluate(run_dir, input, output_dir=out, progress=progress, **runtime)
+        result = evaluate(run_dir, input, output_dir=out, progress=progress, preprocess=preprocess, **runtime)
     echo_skipped(list(result.predictions.skipped), out / "predictions.csv")
     if as_json:
         from tlkit.cli.group import echo_json

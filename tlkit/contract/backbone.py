@@ -200,6 +200,15 @@ class Backbone(ABC):
             )
         return path
 
+    def check_weights_available(self) -> None:
+        """Raise now, in one line, when :meth:`load` could not get the weights: a local path that does not exist,
+        or published weights that are neither in a local cache nor downloadable (no network, ``HF_HUB_OFFLINE=1``;
+        see :func:`tlkit.plugin.offline_reason`). Commands that will load the weights call it before they read any
+        data or build the model. Keep it cheap: no model library import, no download. The base checks a local path;
+        a plugin that downloads overrides it."""
+        if self.weights_kind() == "local":
+            self.local_weights_path()
+
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @abstractmethod
     def build_module(self) -> nn.Module:
@@ -297,6 +306,17 @@ class Backbone(ABC):
         return False
 
     # -- identity -----------------------------------------------------------------------------------------------
+    def memo_inputs(self) -> dict[str, list[str]] | None:
+        """What :attr:`spec` and :meth:`fingerprint` depend on besides the name, the options and the plugin's code,
+        so that tlkit may keep them on disk and describe the backbone next time without building it (``tlkit
+        backbones info``, the "up to date" check of a rerun): ``{"libraries": [import names of the model libraries
+        it reads], "paths": [local files or folders it reads]}``.
+
+        ``None`` (the default) when that cannot be said, for instance when they depend on the network (a hub
+        model's current commit): they are then computed every time. :mod:`tlkit.host.memo` states the rule.
+        """
+        return None
+
     def weights_identity(self) -> str:
         """What identifies the weights: the hub source for ``pretrained``, a content hash for local files."""
         kind = self.weights_kind()

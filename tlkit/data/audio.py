@@ -53,28 +53,36 @@ class AudioReader(Reader):
         return decode_audio(record.source, record.id)
 
 
-def decode_audio(path: str | Path, item_id: str | None = None) -> AudioClip:
-    """Decode ``path`` to a mono float32 :class:`AudioClip` at the file's own rate.
+def decode_audio(path: str | Path | bytes, item_id: str | None = None) -> AudioClip:
+    """Decode ``path`` (or the encoded bytes of a tar member or a table cell) to a mono float32 :class:`AudioClip` at
+    the file's own rate.
 
     Multi-channel audio is mixed down by averaging the channels. Raises :class:`BadItemError` for a missing,
     unreadable, corrupt or empty file, or one with non-finite samples.
     """
+    import io
+
     import numpy as np
     import soundfile
 
-    item_id = item_id or str(path)
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:  # the file system's errors first (they are retried on every run)
-            empty = not fh.read(1)
-    except IsADirectoryError as exc:
-        raise BadItemError(item_id, "a directory, not an audio file") from exc
-    except OSError as exc:
-        raise BadItemError(item_id, os_error_reason(exc)) from exc
+    item_id = item_id or ("audio bytes" if isinstance(path, bytes) else str(path))
+    source: Any
+    if isinstance(path, bytes):
+        empty, source = not path, io.BytesIO(path)
+    else:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:  # the file system's errors first (they are retried on every run)
+                empty = not fh.read(1)
+        except IsADirectoryError as exc:
+            raise BadItemError(item_id, "a directory, not an audio file") from exc
+        except OSError as exc:
+            raise BadItemError(item_id, os_error_reason(exc)) from exc
+        source = str(path)
     if empty:
         raise BadItemError(item_id, "empty file (0 bytes)")
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         raise BadItemError(item_id, f"not a readable audio file, or corrupt ({exc})") from exc
     if data.shape[0] == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.data.listing import Skipped as Skipped  # re-exported: readers and the engine import it from here
-from tlkit.data.listing import os_error_reason, walk
+from tlkit.data.listing import check_not_splits, os_error_reason, walk
 from tlkit.data.tables import Rows, csv_rows, read_text_file
 from tlkit.errors import BadInputError, BadItemError
 
@@ -41,7 +41,7 @@ class Record:
 class Dataset:
     """What a reader found under a path."""
 
-    root: Path
+    root: Path | str  # a URL or a pattern (``shards/{0..9}.tar``) stays a string
     reader: str
     modality: str
     records: list[Record]
@@ -163,6 +163,7 @@ class Reader(ABC):
             if listing.files:
                 records += [self._record(root, f.path, len(classes), f.stamp) for f in listing.files]
                 classes.append(name)
+        check_not_splits(root, classes, options)  # data/ holding train/ and test/: the splits are not the labels
         if len(classes) == 1 and not options.get("allow_single_class"):
             raise BadInputError(
                 f"{root}: only one class folder ({classes[0]}); a classifier needs at least two, or pass "

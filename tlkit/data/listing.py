@@ -4,6 +4,8 @@
 - Symbolic links are followed; a broken link, a link loop or a link back to a folder above it is a skip record.
 - A folder that cannot be listed, or an entry that cannot be examined (permission denied, I/O error), is a skip
   record (id = the relative path, ``/`` appended for a folder) instead of an exception.
+- Class folders that all carry split names (``train``, ``test``, ``val``, ...) are refused: the folder is the parent
+  of the splits (:func:`check_not_splits`).
 - Ids are relative POSIX paths as Python reads names (:func:`os.fsdecode`): bytes that are not UTF-8 are
   surrogate-escaped, so ``os.fsencode(id)`` gives the name's bytes back (see :mod:`tlkit.data.ids`).
 
@@ -20,6 +22,8 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tlkit.errors import BadInputError
 
 PERMISSION_DENIED = "permission denied"
 NOT_FOUND = "file not found"
@@ -149,6 +153,36 @@ def _walk(
                 out.skipped.append(Skipped(rel_id(root, path), "not a regular file (a pipe, socket or device)"))
 
 
+#: Folder names that name a dataset split, not a class: a folder whose class folders all carry such names is the
+#: parent of the splits (``data/`` holding ``train/`` and ``test/``), and is refused unless :data:`ALLOW_SPLIT_NAMES`.
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev"})
+#: The reader option that reads folders named like splits as classes after all.
+ALLOW_SPLIT_NAMES = "allow_split_names"
+
+
+def check_not_splits(root: Path, classes: list[str], options: dict[str, object]) -> None:
+    """Refuse class folders that all carry split names (``train``, ``test``, ``val``, ...): ``root`` is then the
+    parent of the splits, and reading it would silently train on the split as the label. The reader option
+    ``allow_split_names`` (true) reads them as classes after all."""
+    if not classes or not all(c.lower() in SPLIT_NAMES for c in classes) or is_true(options.get(ALLOW_SPLIT_NAMES)):
+        return
+    first = next((c for c in classes if c.lower().startswith("train")), classes[0])
+    others = [c for c in classes if c != first]
+    also = f" (and {', '.join(str(root / c) for c in others)} to evaluate, or as --val)" if others else ""
+    raise BadInputError(
+        f"{root}: its sub-folder(s) {', '.join(classes)} are dataset splits, not classes; point at one split, "
+        f"{root / first}, whose sub-folders are the classes{also}, or, if they really are your classes, pass the "
+        f"reader option {ALLOW_SPLIT_NAMES}=true (--reader-option {ALLOW_SPLIT_NAMES}=true)"
+    )
+
+
+def is_true(value: object) -> bool:
+    """A reader option's truth: ``True``, or a string such as ``true``, ``1``, ``yes``, ``on`` (from the CLI)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def _key(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
@@ -170,14 +204,18 @@ def _folder_reason(exc: OSError) -> str:
 
 
 __all__ = [
+    "ALLOW_SPLIT_NAMES",
     "IO_ERROR",
     "NOT_FOUND",
     "PERMISSION_DENIED",
+    "SPLIT_NAMES",
     "TRANSIENT_REASONS",
     "Found",
     "Listing",
     "Skipped",
+    "check_not_splits",
     "is_transient",
+    "is_true",
     "os_error_reason",
     "rel_id",
     "walk",

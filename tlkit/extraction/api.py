@@ -23,7 +23,7 @@ from tlkit.extraction.distributed import extract_sharded
 from tlkit.extraction.engine import ExtractResult, run_job
 from tlkit.extraction.forward import NONFINITE_REASON, Runner
 from tlkit.extraction.loader import make_loader
-from tlkit.extraction.plan import ExtractOptions, batch_size_of, parse_shard, plan_job
+from tlkit.extraction.plan import ExtractOptions, batch_size_of, parse_shard, plan_job, resolve_backbone
 from tlkit.runtime.progress import ProgressCallback
 from tlkit.runtime.resolution import Runtime, RuntimeOptions, resolve
 
@@ -37,6 +37,7 @@ def extract(
     output: str | os.PathLike[str],
     *,
     weights: str | os.PathLike[str] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int | str = "auto",
@@ -56,6 +57,7 @@ def extract(
     lock_timeout: float = 0.0,
     view_seed_base: int = 0,
     reuse: Sequence[str | os.PathLike[str]] = (),
+    decode: str = "reduced",
 ) -> ExtractResult:
     """Extract pooled embeddings of every item under ``input`` into the HDF5 cache ``output``.
 
@@ -65,17 +67,30 @@ def extract(
     ``input`` (used by :class:`tlkit.sklearn.TlkitEmbedder`); otherwise the cache mirrors ``input``. ``reuse``
     names other complete caches made with the same settings whose rows are copied instead of recomputed.
 
-    ``device``, ``precision``, ``batch_size`` and ``workers`` follow the runtime policy (``docs/runtime.md``).
+    ``preprocess`` overrides the backbone's preprocessing (``{"input_size": [3, 160, 160]}``), as
+    ``tlkit.get_backbone(..., preprocess=...)`` does; the overrides are part of the fingerprint and the cache key.
+    ``device``, ``precision``, ``batch_size`` and ``workers`` follow the runtime policy (``docs/runtime.md``);
+    ``workers="auto"`` picks the count from a measurement of the first batches. ``decode="reduced"`` (the default)
+    decodes large JPEGs at a reduced size the backbone's resize allows; ``"exact"`` decodes in full (part of the key;
+    ``docs/extraction.md`` gives the tolerance).
     Started by ``torchrun`` with two or more processes, every rank extracts a shard of ``input`` and rank 0
     merges them into ``output`` (``shard`` is then implied); a union (``keep_existing``) runs whole in each
     process, one after the other under the cache's lock.
     """
     started = time.perf_counter()
     output = Path(output)
-    options = ExtractOptions.checked(layers, views, store_dtype, on_error, limit, commit_rows, view_seed_base)
+    options = ExtractOptions.checked(layers, views, store_dtype, on_error, limit, commit_rows, view_seed_base, decode)
     shard_t = parse_shard(shard)
     if shard_t is not None and keep_existing:
         raise ConfigError("{param} cannot be combined with keeping rows outside the input", param="shard")
+    # The backbone first (plan_job then sees an object, as with tlkit.get_backbone(...)): an unknown name is refused
+    # before the runtime is resolved, which imports torch.
+    if preprocess:
+        backbone, weights = with_preprocess(backbone, weights, preprocess), None
+    else:
+        backbone, weights = resolve_backbone(backbone, weights), None
+    if not output.exists():  # a new cache needs the weights: no network, say, is one line now, not after retries
+        backbone.check_weights_available()
     runtime = resolve("extract", RuntimeOptions.of(device, precision, batch_size, workers))
     plan = functools.partial(
         plan_job, backbone, input, runtime, options, weights=weights, reader=reader, reader_options=reader_options
@@ -97,6 +112,20 @@ def extract(
         )  # fmt: skip
 
 
+def with_preprocess(
+    backbone: str | Backbone, weights: str | os.PathLike[str] | None, preprocess: Mapping[str, Any]
+) -> Backbone:
+    """``backbone`` (a name or an object) with ``weights`` and the preprocessing overrides applied, validated."""
+    if isinstance(backbone, Backbone):
+        changes: dict[str, Any] = {"preprocess": dict(preprocess)}
+        if weights is not None:
+            changes["weights"] = str(weights)
+        return backbone.replace(**changes)
+    from tlkit.host.api import get_backbone
+
+    return get_backbone(str(backbone), weights=str(weights or "pretrained"), preprocess=dict(preprocess))
+
+
 def embed_records(
     backbone: Backbone,
     records: Sequence[Record],
@@ -104,6 +133,7 @@ def embed_records(
     *,
     runtime: Runtime,
     on_error: str = "skip",
+    decode: str = "reduced",
 ) -> tuple[np.ndarray, list[int], list[Skipped]]:
     """Embed records in memory: ``(X [n_ok, D] float32, kept positions, skipped)``. Uses the same loader, bucketing
     and forward pass as :func:`extract`, without a cache, under ``runtime`` (resolved for ``extract`` or
@@ -114,7 +144,7 @@ def embed_records(
     backbone.load()
     runner = Runner(backbone, runtime)
     batch = batch_size_of(runtime)
-    loader = make_loader(records, reader, backbone, runtime, batch=batch, window=max(len(records), 1))
+    loader = make_loader(records, reader, backbone, runtime, batch=batch, window=max(len(records), 1), decode=decode)
     out: dict[int, np.ndarray] = {}
     skipped: list[Skipped] = []
     for b in loader:
@@ -137,4 +167,4 @@ def embed_records(
     return X, kept, skipped
 
 
-__all__ = ["embed_records", "extract"]
+__all__ = ["embed_records", "extract", "with_preprocess"]

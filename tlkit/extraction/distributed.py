@@ -8,7 +8,7 @@ shards, gathers and merges:
 1. The ranks check that they planned alike (one key, rank 0's window), and rank 0 says whether ``CACHE.h5`` is
    already up to date, holding its lock while the parts are made.
 2. Rank ``i`` runs the engine on shard ``i/S`` into ``CACHE.h5.shards/shard-i-of-S.h5`` (``S`` is the number of
-   ranks, or fewer when there are fewer windows than ranks). Each part is a normal crash-safe cache with its own
+   ranks, or fewer when there are fewer items than ranks). Each part is a normal crash-safe cache with its own
    work folder and lock, so a rank that died resumes its own part when the same command runs again. Rows of an
    existing ``CACHE.h5`` are copied, not recomputed.
 3. The ranks meet (gloo: extraction exchanges only small objects, so no NCCL communicator is made even on GPUs).
@@ -22,7 +22,6 @@ Errors travel between ranks with their parameter (``param=``), so the CLI on ran
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import time
@@ -36,7 +35,7 @@ from tlkit.cache import FeatureCache, cache_lock, key_mismatch, merge_caches
 from tlkit.contract.backbone import Backbone
 from tlkit.errors import BadInputError, CacheError, ConfigError, FingerprintMismatchError, TlkitError
 from tlkit.extraction.engine import ExtractResult, result_of, run_job
-from tlkit.extraction.plan import ExtractJob
+from tlkit.extraction.plan import ExtractJob, shard_count
 from tlkit.runtime import distributed as D
 from tlkit.runtime.progress import ProgressCallback
 
@@ -221,8 +220,8 @@ def _plan(job: ExtractJob, output: Path, overwrite: bool, world_size: int) -> _P
     current = None if overwrite else _up_to_date(output, job)
     if current is not None:
         return _Plan("up-to-date", True, n_items=current[0], n_skipped=current[1])
-    # One shard per rank, but never an empty one: a tiny input uses fewer ranks than were started.
-    shards = max(1, min(world_size, math.ceil(n / job.window)))
+    # One shard per rank, but never an empty one: only an input with fewer items than ranks uses fewer ranks.
+    shards = shard_count(n, world_size)
     return _Plan("work", output.exists(), shards=shards)
 
 

@@ -79,7 +79,7 @@ def result_of(job: ExtractJob, output: Path, status: str, started: float, **coun
     rt = job.runtime
     return ExtractResult(
         output, status, seconds=time.perf_counter() - started, device=str(rt.device), precision=rt.precision,
-        batch_size=job.batch_size, workers=rt.workers, **counts,
+        batch_size=job.batch_size, **{"workers": rt.workers, **counts},
     )  # fmt: skip
 
 
@@ -102,7 +102,7 @@ def run_job(
     started = time.perf_counter() if started is None else started
     selection = job.records()
     if shard is not None:
-        selection = shard_range(selection, shard, job.window)
+        selection = shard_range(selection, shard, job.window, job.batch_size)
     if not selection and shard is None:
         raise BadInputError(f"{job.dataset.root}: no items to extract")
     with _ignore_sigxfsz():
@@ -266,6 +266,7 @@ class _Run:
             n_computed=len(todo) - len(computed.skipped), n_reused=n_reused, n_skipped=len(skipped_all),
             skipped_now=self._listing_skips() + computed.skipped, flags=dict(computed.flags),
             compute_seconds=computed.seconds, unlabelled=self._unlabelled(),
+            **({"workers": computed.workers} if computed.workers is not None else {}),
         )  # fmt: skip
         emit(self.progress, ProgressEvent("done", len(table.ids), len(table.ids), len(skipped_all), result.seconds,
                                           result.summary()))  # fmt: skip
@@ -290,6 +291,10 @@ class _Run:
         if not todo:
             computed = Computed()
         else:
+            from tlkit.host.describe import check_live
+
+            self.job.backbone.check_weights_available()
+            check_live(self.job.backbone, self.job.key["backbone"])  # a remembered fingerprint must be the model's
             first_seq = (segments[-1].seq + 1) if segments else 0
             computed = compute_segments(self.job, todo, work, first_seq, self.progress)
             for seg in work.segments():

@@ -3,21 +3,35 @@ backbone's eval transform, plus K training transforms for ``views``) and collate
 
 Text and audio are length-bucketed inside a window (similar lengths share a batch, so little padding is computed);
 the writer puts the rows back in dataset order before the window is committed.
+
+Large JPEGs are decoded at a reduced size when the backbone says how large its transform resizes to
+(``ImageBackbone.decode_size()``, :func:`tlkit.data.image.reduced_decoding`), unless ``decode="exact"`` or views are
+computed (training transforms crop at random and need every pixel). With ``--workers auto`` the first batches are
+prepared in this process and timed against the forward pass, and the worker count is chosen from that
+(:func:`tlkit.runtime.resolution.measured_workers`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import math
 import random
+import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tlkit.contract.backbone import Backbone
+from tlkit.contract.image import ImageBackbone
 from tlkit.data.base import Reader, Record, load_or_skip
+from tlkit.data.image import reduced_decoding
+from tlkit.errors import ConfigError
 from tlkit.runtime.batching import shared_memory_error, tree_map
+from tlkit.runtime.resolution import measured_workers
 
 if TYPE_CHECKING:
     from tlkit.runtime.resolution import Runtime
@@ -43,15 +57,34 @@ class Loaded:
 class ItemSource:
     """``torch.utils.data.Dataset`` over planned positions: decode, preprocess, augment. Runs in workers."""
 
-    def __init__(self, records: Sequence[Record], reader: Reader, backbone: Backbone, views: int, seed: int) -> None:
+    def __init__(
+        self, records: Sequence[Record], reader: Reader, backbone: Backbone, views: int, seed: int,
+        decode: str = "reduced",
+    ) -> None:  # fmt: skip
         self.records, self.reader, self.backbone, self.views, self.seed = records, reader, backbone, views, seed
+        self.decode = check_decode(decode)
+        self._side: list[int | None] = []  # the backbone's decode size, asked once per process
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def decode_side(self) -> int | None:
+        """The side large JPEGs may be decoded down to (``None``: full size): the backbone's, for the evaluation
+        transform alone; training views crop at random and read the full image."""
+        if not self._side:
+            side = None
+            if self.decode == "reduced" and not self.views and isinstance(self.backbone, ImageBackbone):
+                try:
+                    side = self.backbone.decode_size()
+                except Exception:  # noqa: BLE001 - a transform that cannot be built fails per item, with its reason
+                    side = None
+            self._side.append(side)
+        return self._side[0]
+
     def __getitem__(self, pos: int) -> Loaded:
         rec = self.records[pos]
-        item, reason = load_or_skip(self.reader, rec)
+        with reduced_decoding(self.decode_side()):
+            item, reason = load_or_skip(self.reader, rec)
         if reason is not None:
             return Loaded(pos, None, reason)
         try:
@@ -159,6 +192,88 @@ def length_fn(records: Sequence[Record], reader: Reader, backbone: Backbone) -> 
     return length
 
 
+#: How extraction decodes images: ``reduced`` decodes large JPEGs at a reduced size for the backbone's resize
+#: (``ImageBackbone.decode_size()``), ``exact`` decodes every image at full size.
+DECODE_MODES = ("reduced", "exact")
+
+#: With ``--workers auto``, batches prepared in the main process before the worker count is chosen: the first warms
+#: up (imports, first forward pass), the others are timed.
+PROBE_BATCHES = 3
+
+
+def check_decode(decode: str) -> str:
+    """``decode`` checked against :data:`DECODE_MODES` (a :class:`ConfigError` about the parameter ``decode``)."""
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"{{param}} must be one of {', '.join(DECODE_MODES)}, not {decode!r}", param="decode")
+    return decode
+
+
+class Loader:
+    """The batches of one pass over planned positions (iterate once). ``workers`` is the number of DataLoader
+    worker processes that prepare them: the runtime's, or with ``--workers auto`` the measured choice (known once
+    the probe batches have been consumed)."""
+
+    def __init__(
+        self, source: ItemSource, collate: Collate, plan: BatchPlan, runtime: Runtime, probe: int = PROBE_BATCHES
+    ) -> None:
+        self.source, self.collate, self.plan, self.runtime = source, collate, plan, runtime
+        self.probe = probe if runtime.auto_workers and runtime.workers > 0 else 0
+        self.workers = runtime.workers
+        self.timings: list[tuple[float, float]] = []  # (prepare s, step s) of the timed probe batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return _shared_memory_checked(self._batches())
+
+    def _batches(self) -> Iterator[Batch]:
+        plan = iter(self.plan)
+        for i in range(self.probe):
+            idx = next(plan, None)
+            if idx is None:
+                self.workers = 0  # everything was prepared here
+                return
+            with _one_thread():  # as in a worker process
+                t0 = time.perf_counter()
+                b = self.collate([self.source[p] for p in idx])
+                t1 = time.perf_counter()
+            if self.runtime.pin_memory:
+                b = b.pin_memory()
+            t2 = time.perf_counter()
+            yield b
+            self._sync()  # the step ends when the device has finished it, not when it was queued
+            if i:  # the first batch warms up
+                self.timings.append((t1 - t0, time.perf_counter() - t2))
+        if self.probe:
+            following = next(plan, None)
+            if following is None:  # the probe prepared everything: no worker process to start for nothing
+                self.workers = 0
+                return
+            plan = itertools.chain([following], plan)
+            prepare = statistics.median(t for t, _ in self.timings) if self.timings else 0.0
+            step = statistics.median(s for _, s in self.timings) if self.timings else 0.0
+            self.workers = measured_workers(self.runtime, prepare, step) if self.timings else self.runtime.workers
+        yield from self._data_loader(plan, self.workers)
+
+    def _sync(self) -> None:
+        if self.runtime.device_type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.runtime.device)
+
+    def _data_loader(self, plan: Iterable[list[int]], workers: int) -> Iterable[Batch]:
+        from torch.utils.data import DataLoader
+
+        loader: Iterable[Batch] = DataLoader(
+            self.source,  # type: ignore[arg-type]
+            batch_sampler=plan,
+            num_workers=workers,
+            collate_fn=self.collate,
+            pin_memory=self.runtime.pin_memory,
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+        )
+        return loader
+
+
 def make_loader(
     records: Sequence[Record],
     reader: Reader,
@@ -169,22 +284,28 @@ def make_loader(
     window: int,
     views: int = 0,
     seed: int = 0,
-) -> Iterator[Batch]:
-    """The DataLoader over ``records``: windows of ``window`` positions in batches of ``batch``, with the
-    runtime's workers and pinned memory. A worker that cannot pass a batch through shared memory (a file-size limit,
-    a full ``/dev/shm``) is a one-line :class:`tlkit.errors.ConfigError`, not a worker traceback."""
-    from torch.utils.data import DataLoader
+    decode: str = "reduced",
+) -> Loader:
+    """The batches over ``records``: windows of ``window`` positions in batches of ``batch``, with the runtime's
+    workers (measured, for ``--workers auto``) and pinned memory. ``decode`` is one of :data:`DECODE_MODES`. A
+    worker that cannot pass a batch through shared memory (a file-size limit, a full ``/dev/shm``) is a one-line
+    :class:`tlkit.errors.ConfigError`, not a worker traceback."""
+    source = ItemSource(records, reader, backbone, views, seed, decode)
+    plan = BatchPlan(len(records), window, batch, length_fn(records, reader, backbone))
+    return Loader(source, Collate(backbone, views), plan, runtime)
 
-    loader: Iterable[Batch] = DataLoader(
-        ItemSource(records, reader, backbone, views, seed),  # type: ignore[arg-type]
-        batch_sampler=BatchPlan(len(records), window, batch, length_fn(records, reader, backbone)),
-        num_workers=runtime.workers,
-        collate_fn=Collate(backbone, views),
-        pin_memory=runtime.pin_memory,
-        prefetch_factor=2 if runtime.workers else None,
-        persistent_workers=False,
-    )
-    return _shared_memory_checked(loader)
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread, as in DataLoader workers (which torch starts with one)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _shared_memory_checked(loader: Iterable[Batch]) -> Iterator[Batch]:
@@ -197,4 +318,16 @@ def _shared_memory_checked(loader: Iterable[Batch]) -> Iterator[Batch]:
         raise error from None
 
 
-__all__ = ["Batch", "BatchPlan", "ItemSource", "Loaded", "length_fn", "make_loader", "view_seed"]
+__all__ = [
+    "DECODE_MODES",
+    "PROBE_BATCHES",
+    "Batch",
+    "BatchPlan",
+    "ItemSource",
+    "Loaded",
+    "Loader",
+    "check_decode",
+    "length_fn",
+    "make_loader",
+    "view_seed",
+]

@@ -17,6 +17,7 @@ from tlkit.cache import STORE_DTYPES
 from tlkit.contract.backbone import Backbone
 from tlkit.data.base import Dataset, Reader, Record, check_on_error
 from tlkit.errors import BadInputError, ConfigError, UnknownNameError
+from tlkit.extraction.loader import check_decode
 
 if TYPE_CHECKING:
     from tlkit.runtime.resolution import Runtime
@@ -37,6 +38,7 @@ class ExtractOptions:
     limit: int | None = None
     commit_rows: int | None = None
     view_seed: int = 0
+    decode: str = "reduced"
 
     @classmethod
     def checked(
@@ -48,6 +50,7 @@ class ExtractOptions:
         limit: int | None = None,
         commit_rows: int | None = None,
         view_seed: int = 0,
+        decode: str = "reduced",
     ) -> ExtractOptions:
         if store_dtype not in STORE_DTYPES:
             raise ConfigError(
@@ -63,6 +66,7 @@ class ExtractOptions:
         return cls(
             layers, n_views, store_dtype, check_on_error(on_error),
             None if limit is None else int(limit), None if commit_rows is None else int(commit_rows), int(view_seed),
+            check_decode(decode),
         )  # fmt: skip
 
 
@@ -86,6 +90,7 @@ class ExtractJob:
     view_seed: int
     key: dict[str, Any]
     window: int
+    decode: str = "reduced"  # how images are decoded (tlkit.extraction.loader.DECODE_MODES), part of the key
 
     @property
     def batch_size(self) -> int:
@@ -111,14 +116,16 @@ def plan_job(
     bb = resolve_backbone(backbone, weights)
     dataset, rd = resolve_input(input, bb, reader, reader_options or {})
     layers = tuple(parse_layers(options.layers, bb))
-    key = run_key(bb, dataset, runtime.precision, options.store_dtype, layers, options.views, options.view_seed)
+    key = run_key(
+        bb, dataset, runtime.precision, options.store_dtype, layers, options.views, options.view_seed, options.decode
+    )
     itemsize = 2 if options.store_dtype == "float16" else 4
     window = options.commit_rows or window_rows(
-        batch_size_of(runtime), bb.spec.embed_dim, len(layers), options.views, itemsize
+        batch_size_of(runtime), _described(bb).spec.embed_dim, len(layers), options.views, itemsize
     )
     return ExtractJob(
         bb, dataset, rd, runtime, layers, options.views, options.store_dtype, options.on_error, options.limit,
-        options.view_seed, key, window,
+        options.view_seed, key, window, options.decode,
     )  # fmt: skip
 
 
@@ -171,13 +178,37 @@ def window_rows(batch: int, dim: int, n_layers: int, views: int, itemsize: int) 
     return max(batch, rows // batch * batch)
 
 
-def shard_range(records: list[Record], shard: tuple[int, int], window: int) -> list[Record]:
-    """Shard ``i`` of ``n``: a contiguous run of whole windows, so each shard computes exactly the windows (and
-    batches) a single run would, and merged shards equal a single run row for row."""
-    i, n = shard
-    n_windows = math.ceil(len(records) / window)
-    lo, hi = i * n_windows // n, (i + 1) * n_windows // n
-    return records[lo * window : hi * window]
+def shard_unit(n: int, count: int, window: int, batch: int = 1) -> int:
+    """The granule shards are cut in: whole windows when there are at least ``count`` of them (each shard then
+    computes exactly the windows and batches a single run would), else whole batches, else single items. So every
+    shard of a dataset with at least ``count`` items gets work. It depends only on the plan (``n``, ``count``, the
+    window and batch sizes), so a rerun of the same command cuts the same shards and resumes them."""
+    for unit in (window, batch):
+        if unit >= 1 and math.ceil(n / unit) >= count:
+            return unit
+    return 1
+
+
+def shard_bounds(n: int, shard: tuple[int, int], window: int, batch: int = 1) -> tuple[int, int]:
+    """``(lo, hi)``: the items of shard ``i`` of ``n_shards``, a contiguous run of whole units (:func:`shard_unit`)
+    spread as evenly as the units allow; the shards are disjoint and together cover ``0..n``."""
+    i, count = shard
+    unit = shard_unit(n, count, window, batch)
+    n_units = math.ceil(n / unit)
+    lo, hi = i * n_units // count, (i + 1) * n_units // count
+    return min(lo * unit, n), min(hi * unit, n)
+
+
+def shard_range(records: Sequence[Record], shard: tuple[int, int], window: int, batch: int = 1) -> list[Record]:
+    """Shard ``i`` of ``n``: the records between :func:`shard_bounds`. No item is in two shards, and merged shards
+    hold every item of a single run, in its order."""
+    lo, hi = shard_bounds(len(records), shard, window, batch)
+    return list(records[lo:hi])
+
+
+def shard_count(n: int, world_size: int) -> int:
+    """How many ranks get a shard under ``torchrun``: all of them, unless there are fewer items than ranks."""
+    return max(1, min(world_size, n))
 
 
 def run_key(
@@ -188,10 +219,13 @@ def run_key(
     layers: Sequence[str],
     views: int,
     view_seed_base: int = 0,
+    decode: str = "reduced",
 ) -> dict[str, Any]:
-    """What rows must share to live in one cache (see ``docs/cache-format.md``); stored as the metadata's ``key``."""
+    """What rows must share to live in one cache (see ``docs/cache-format.md``); stored as the metadata's ``key``.
+    ``decode`` is recorded for images only (a cache made before it existed reads as ``reduced``: see
+    :data:`tlkit.cache.format.KEY_DEFAULTS`)."""
     return {
-        "backbone": backbone.fingerprint(),
+        "backbone": _described(backbone).fingerprint,
         "precision": precision,
         "store_dtype": store_dtype,
         "layers": list(layers),
@@ -200,7 +234,16 @@ def run_key(
         "view_seed": view_seed_base if views else None,
         "reader": dataset.reader,
         "reader_options": dataset.options,
+        **({"decode": decode} if dataset.modality == "image" else {}),
     }
+
+
+def _described(backbone: Backbone) -> Any:
+    """The backbone's spec and fingerprint, remembered on disk when they can be (so an up-to-date rerun does not build
+    the model: :mod:`tlkit.host.describe` states the rule)."""
+    from tlkit.host.describe import describe
+
+    return describe(backbone)
 
 
 def resolve_backbone(backbone: str | Backbone, weights: str | os.PathLike[str] | None) -> Backbone:
@@ -257,6 +300,9 @@ __all__ = [
     "resolve_backbone",
     "resolve_input",
     "run_key",
+    "shard_bounds",
+    "shard_count",
     "shard_range",
+    "shard_unit",
     "window_rows",
 ]

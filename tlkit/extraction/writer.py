@@ -50,6 +50,7 @@ class Computed:
     flags: Counter[str] = field(default_factory=Counter)
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    workers: int | None = None  # the loader's worker processes (measured with --workers auto); None: none ran
 
 
 class WindowWriter(threading.Thread):
@@ -152,7 +153,7 @@ def compute_segments(
     runner = Runner(job.backbone, job.runtime, job.layers, job.store_dtype)
     loader = make_loader(
         todo, job.reader, job.backbone, job.runtime, batch=job.batch_size, window=job.window, views=job.views,
-        seed=job.view_seed,
+        seed=job.view_seed, decode=job.decode,
     )  # fmt: skip
     n, window = len(todo), job.window
     committed = [0]
@@ -185,7 +186,7 @@ def compute_segments(
     if writer.error is not None:
         raise writer.error
     out.skipped += [Skipped(todo[pos].id, NONFINITE_REASON) for pos in sorted(writer.nonfinite)]
-    out.paths, out.seconds = writer.paths, time.perf_counter() - started
+    out.paths, out.seconds, out.workers = writer.paths, time.perf_counter() - started, loader.workers
     return out
 
 

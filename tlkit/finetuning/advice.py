@@ -10,17 +10,21 @@ The guide crosses two questions: is the dataset small or large, and is its domai
 
 Size comes from the data (items per class). Domain similarity is estimated, when a backbone is given, by a quick
 linear probe on a small sample of frozen features: a probe far above chance means the pretrained features already
-separate the classes. Every printed command runs as printed.
+separate the classes. Every printed command runs as printed, and carries every option advise was given that the
+command takes (``--weights``, the preprocessing options, the reader and its options), so the commands extract or
+fine-tune what was probed.
 """
 
 from __future__ import annotations
 
+import shlex
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tlkit.contract.image import preprocess_args
 from tlkit.finetuning.optim import BACKBONE_LR_RATIO_BY_MODALITY, DEFAULT_BACKBONE_LR_RATIO, DEFAULT_HEAD_LR
 from tlkit.finetuning.options import (
     DEFAULT_EPOCHS,
@@ -29,6 +33,7 @@ from tlkit.finetuning.options import (
     DEFAULT_VAL_SPLIT,
     EPOCHS_BY_MODALITY,
 )
+from tlkit.runtime.progress import ProgressCallback, StageClock
 
 if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone
@@ -114,8 +119,14 @@ def advise(
     reader_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
     callback: Callable[[int, int], None] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Advice:
-    """Read the dataset (items, classes, items per class), optionally probe ``backbone``, and recommend."""
+    """Read the dataset (items, classes, items per class), optionally probe ``backbone``, and recommend.
+
+    ``weights`` and ``preprocess`` (overrides, as ``tlkit.get_backbone`` takes them) make the probed backbone, and the
+    printed commands repeat them, with ``reader`` and ``reader_options``. ``callback(done, total)`` and ``progress``
+    (:class:`tlkit.runtime.progress.ProgressEvent` objects of stage ``features``) follow the probe's forward pass."""
     from tlkit.data.base import Dataset
     from tlkit.finetuning.data import require_labels
     from tlkit.host.readers import open_dataset
@@ -125,7 +136,7 @@ def advise(
     if backbone is not None:
         from tlkit.host.api import get_backbone
 
-        bb = get_backbone(backbone, weights=weights or "pretrained")
+        bb = get_backbone(backbone, weights=weights or "pretrained", preprocess=dict(preprocess or {}))
         modality = bb.modality
     if isinstance(train, Dataset):
         dataset = train
@@ -141,13 +152,41 @@ def advise(
     n_probe = 0
     if bb is not None:
         runtime = resolve("extract", RuntimeOptions.of(workers=workers), env=False)
-        probe, n_probe = probe_accuracy(bb, dataset, probe_items, runtime=runtime, callback=callback)
+        clock = StageClock(progress, "features")
+        clock(0, 0, f"loading {bb.name}")
+
+        def step(done: int, total: int) -> None:
+            clock(done, total)
+            if callback is not None:
+                callback(done, total)
+
+        probe, n_probe = probe_accuracy(bb, dataset, probe_items, runtime=runtime, callback=step)
     k = max(2, len(per_class))
     domain = "unknown"
     if probe is not None:
         skill = (probe - 1 / k) / (1 - 1 / k)
         domain = "similar" if skill >= SIMILAR_SKILL else ("different" if skill < DIFFERENT_SKILL else "partly similar")
-    return _recommend(dataset, per_class, median, size, probe, n_probe, domain, backbone)
+    carried = command_options(weights, preprocess, reader, reader_options)
+    return _recommend(dataset, per_class, median, size, probe, n_probe, domain, backbone, carried)
+
+
+def command_options(
+    weights: str | None,
+    preprocess: Mapping[str, Any] | None,
+    reader: str | None,
+    reader_options: Mapping[str, Any] | None,
+) -> str:
+    """The options every printed ``extract``/``finetune`` command repeats (shell-quoted), so it reads and builds
+    what advise read and probed."""
+    args: list[str] = []
+    if weights not in (None, "pretrained"):
+        args += ["--weights", str(weights)]
+    args += preprocess_args(preprocess or {})
+    if reader:
+        args += ["--reader", reader]
+    for key, value in (reader_options or {}).items():
+        args += ["--reader-option", f"{key}={value}"]
+    return "".join(" " + shlex.quote(a) for a in args)
 
 
 def _recommend(
@@ -159,9 +198,10 @@ def _recommend(
     n_probe: int,
     domain: str,
     backbone: str | None,
+    carried: str = "",
 ) -> Advice:
-    bb = backbone or "BACKBONE"
-    data = str(dataset.root)
+    bb = shlex.quote(backbone) if backbone else "BACKBONE"
+    data = shlex.quote(str(dataset.root))
     values = list(per_class.values())
     advice = Advice(
         n_items=len(dataset.records),
@@ -186,14 +226,14 @@ def _recommend(
     else:
         r.append("no --backbone given, so the domain gap is unknown; add --backbone NAME for a quick probe")
     if size == "small":
-        _feature_extraction(advice, bb, data)
+        _feature_extraction(advice, bb, data, carried)
     else:
-        _default_finetune(advice, bb, data, dataset.modality)
+        _default_finetune(advice, bb, data, dataset.modality, carried)
     _warn(advice, values)
     return advice
 
 
-def _feature_extraction(advice: Advice, bb: str, data: str) -> None:
+def _feature_extraction(advice: Advice, bb: str, data: str, carried: str) -> None:
     """Small data: a head on frozen features (from earlier layers too when the domain differs)."""
     r, cmds = advice.reasons, advice.commands
     r.append(
@@ -203,18 +243,18 @@ def _feature_extraction(advice: Advice, bb: str, data: str) -> None:
     if advice.domain == "different":
         r.append("the domain differs, so earlier (more generic) layers may transfer better than the last one")
         cmds += [
-            f"tlkit extract {bb} {data} -o cache.h5 --layers all",
+            f"tlkit extract {bb} {data} -o cache.h5{carried} --layers all",
             "tlkit train cache.h5 -o head-run --layer auto",
         ]
     else:
-        cmds += [f"tlkit extract {bb} {data} -o cache.h5", "tlkit train cache.h5 -o head-run"]
+        cmds += [f"tlkit extract {bb} {data} -o cache.h5{carried}", "tlkit train cache.h5 -o head-run"]
     r.append(
-        f"to try fine-tuning anyway: tlkit finetune {bb} {data} -o ft-run (it starts from a linear probe, so it "
-        f"begins where the frozen head ends, and keeps its best epoch on validation)"
+        f"to try fine-tuning anyway: tlkit finetune {bb} {data} -o ft-run{carried} (it starts from a linear probe, "
+        f"so it begins where the frozen head ends, and keeps its best epoch on validation)"
     )
 
 
-def _default_finetune(advice: Advice, bb: str, data: str, modality: str) -> None:
+def _default_finetune(advice: Advice, bb: str, data: str, modality: str, carried: str) -> None:
     """Enough data to adapt the network: the defaults of ``tlkit finetune`` (measured: docs/finetuning.md)."""
     advice.strategy, advice.unfreeze = "lp-ft", DEFAULT_UNFREEZE
     epochs = EPOCHS_BY_MODALITY.get(modality, DEFAULT_EPOCHS)
@@ -240,7 +280,7 @@ def _default_finetune(advice: Advice, bb: str, data: str, modality: str) -> None
             f"augmentation: a light crop (scale 0.7-1) and flip ({DEFAULT_IMAGE_AUGMENT!r}); ImageNet's "
             f"RandomResizedCrop(0.08-1) loses too much of small or upscaled images"
         )
-    advice.commands += [f"tlkit finetune {bb} {data} -o ft-run"]
+    advice.commands += [f"tlkit finetune {bb} {data} -o ft-run{carried}"]
 
 
 def _warn(advice: Advice, values: list[int]) -> None:

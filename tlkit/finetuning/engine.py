@@ -39,6 +39,7 @@ from tlkit.finetuning.prepare import (
     resolve_backbone,
 )
 from tlkit.finetuning.result import Callback, FinetuneEvent, FinetuneResult
+from tlkit.runtime.progress import StageClock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,6 +117,7 @@ class Finetuner:
         self.built = build_model(self.backbone, opts, self.class_names, self._start_probe())
         self.model = self.built.model
         self.plan, self.trainable_by_phase = phase_plan(opts, self.model.blocks, self.backbone.modality)
+        self._attach_adapters()
         self._build_optimizer()
         self._build_loaders()
         self.freeze = self._freeze_report()
@@ -130,9 +132,11 @@ class Finetuner:
             return None
         if self.existing is not None and self.files.checkpoint_meta() is not None:
             return None
+        clock = StageClock(lambda e: self._emit("probe", step=e.done, steps=e.total, items_per_s=e.rate), "features")
         start = fit_start_probe(
-            self.backbone, self.data.train, len(self.class_names), self.runtime, self.opts.batch_size, self.opts.seed
-        )
+            self.backbone, self.data.train, len(self.class_names), self.runtime, self.opts.batch_size, self.opts.seed,
+            callback=clock,
+        )  # fmt: skip
         chosen = start.summary()
         if chosen["cv_accuracy"] is not None:
             message = (
@@ -145,6 +149,27 @@ class Finetuner:
         self.start_message = message
         return start
 
+    def _attach_adapters(self) -> None:
+        """With ``adapter``: adapters in every block the plan trains, the base frozen (:mod:`.adapters`)."""
+        from tlkit.finetuning.adapters import parse_adapter
+
+        spec = parse_adapter(self.opts.adapter)
+        if spec is None:
+            return
+        self.trainable_by_phase = self.model.attach_adapters(spec, self.trainable_by_phase, seed=self.opts.seed)
+        adapters = self.model.adapters
+        assert adapters is not None
+        adapters.base = {k: self.data.info[k] for k in ("backbone", "weights", "fingerprint")}
+        adapters.base["name"] = adapters.base.pop("backbone")
+        recorded = (self.existing or {}).get("adapter") or {}
+        if recorded and recorded.get("base_digest") != adapters.digest:
+            raise BadInputError(
+                f"{self.files.dir}: the base backbone's weights differ from those the run started on (digest "
+                f"{adapters.digest[:12]}… ≠ {str(recorded.get('base_digest'))[:12]}…); its adapters cannot resume "
+                f"on it: restore the original weights, or write a new run to another {{output}}",
+                param="output",
+            )
+
     def _build_optimizer(self) -> None:
         import torch
 
@@ -152,7 +177,10 @@ class Finetuner:
         from tlkit.runtime.batching import prefers_channels_last
 
         opts, blocks = self.opts, self.model.blocks
-        backbone_lr = backbone_rate(opts.lr, opts.backbone_lr_ratio, opts.backbone_lr, self.backbone.modality)
+        with_adapters = self.model.adapters is not None
+        backbone_lr = backbone_rate(
+            opts.lr, opts.backbone_lr_ratio, opts.backbone_lr, self.backbone.modality, adapters=with_adapters
+        )
         self.rates = block_rates([b.name for b in blocks], backbone_lr, opts.layer_decay)
         self.model.to(self.device)
         # CNN speed: NHWC convolutions (the same rule as extraction), and cuDNN autotuning on fixed-size images
@@ -197,9 +225,12 @@ class Finetuner:
         policy.set_trainable(ever_trainable)
         head_params = sum(p.numel() for p in self.model.head.parameters())
         modes = policy.block_modes(blocks)
+        adapters = self.model.adapters
+        counts = {"params": adapters.base_params, "adapter_params": adapters.adapter_params} if adapters else {}
         return freeze_report(
-            self.model.backbone, blocks, ever_trainable, self.rates, modes, head_params, self.opts.lr, since_epoch=since
-        )
+            self.model.backbone, blocks, ever_trainable, self.rates, modes, head_params, self.opts.lr,
+            since_epoch=since, **counts,
+        )  # fmt: skip
 
     def _config(self) -> dict[str, Any]:
         from tlkit.runs.rundir import new_config
@@ -230,6 +261,7 @@ class Finetuner:
             runtime=self.runtime.to_dict(),
             plan=self.plan.to_list(),
             init_head=self._init_head_record(),
+            adapter=self.model.adapters.record() if self.model.adapters is not None else None,
             status="running",
         )
 
@@ -368,7 +400,7 @@ class Finetuner:
         self.global_step += 1
 
     def _emit_step(self, meter: EpochMeter, epoch: int, phase: int, step: int, steps: int) -> None:
-        loss, accuracy = meter.running(refresh=step % 10 == 0 or step == steps)
+        loss, accuracy = meter.running(refresh=step == steps)
         elapsed = time.perf_counter() - meter.start
         self._emit(
             "step", epoch=epoch + 1, epochs=self.plan.total_epochs, phase=phase, step=step, steps=steps,
@@ -421,7 +453,7 @@ class Finetuner:
 
         best_state = self.files.best_model_state() if self.val_loader is not None else None
         if best_state is not None:
-            self.model.load_state_dict(best_state, strict=True)
+            self.model.load_run_state(best_state)
         self.files.save_model(self.model)
         y, p, evaluated_on = self._final_predictions()
         report = classification_report(y.tolist(), p.tolist(), self.class_names)
@@ -482,6 +514,7 @@ class EpochMeter:
         self.seen = 0
         self.start = time.perf_counter()
         self._shown: tuple[float | None, float | None] = (None, None)
+        self._read_at = 0.0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = int(labels.numel())
@@ -489,10 +522,18 @@ class EpochMeter:
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += n
 
+    #: Seconds between reads of the running loss from an accelerator (each read waits for the device to finish);
+    #: on the CPU, where a read costs nothing, it is read after every batch.
+    REFRESH_SECONDS = 0.5
+
     def running(self, refresh: bool) -> tuple[float | None, float | None]:
-        """Loss and accuracy so far, read from the device only when ``refresh`` (or never read before)."""
-        if self.seen and (refresh or self._shown[0] is None):
+        """Loss and accuracy so far, read from the device when ``refresh``, on the CPU, when never read before, or
+        :data:`REFRESH_SECONDS` after the last read."""
+        now = time.perf_counter()
+        due = self.loss_sum.device.type == "cpu" or now - self._read_at >= self.REFRESH_SECONDS
+        if self.seen and (refresh or due or self._shown[0] is None):
             self._shown = (float(self.loss_sum) / self.seen, float(self.correct) / self.seen)
+            self._read_at = now
         return self._shown
 
     def row(self, lr: float) -> dict[str, Any]:

@@ -126,6 +126,7 @@ class FreezeRow:
     lr: float
     bn: str  # BatchNorm mode of the block's BN layers, "-" when it has none
     since_epoch: int | None = None  # first epoch (1-based) the block trains under a schedule
+    adapter_params: int | None = None  # with adapters: the block's adapter parameters (``params``: its base weights)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,18 +141,22 @@ def freeze_report(
     head_params: int,
     head_lr: float,
     since_epoch: Mapping[str, int] | None = None,
+    params: Mapping[str, int] | None = None,
+    adapter_params: Mapping[str, int] | None = None,
 ) -> list[FreezeRow]:
-    """The rows of the freeze report: every block, then the head."""
+    """The rows of the freeze report: every block, then the head. With adapters, ``params`` gives each block's base
+    parameter count and ``adapter_params`` its adapter parameters."""
     on = set(trainable)
     since = dict(since_epoch or {})
     rows = [
         FreezeRow(
             block=b.name,
-            params=b.n_params(module),
+            params=params[b.name] if params is not None else b.n_params(module),
             trainable=b.name in on,
             lr=float(block_lrs.get(b.name, 0.0)) if b.name in on else 0.0,
             bn=bn_modes.get(b.name, "-"),
             since_epoch=since.get(b.name),
+            adapter_params=adapter_params.get(b.name, 0) if adapter_params is not None else None,
         )
         for b in blocks
     ]
@@ -162,12 +167,17 @@ def freeze_report(
 def format_report_rows(rows: Sequence[FreezeRow]) -> tuple[list[str], list[list[Any]]]:
     """Columns and cells for a table renderer (the CLI draws it)."""
     with_since = any(r.since_epoch is not None for r in rows)
+    with_adapters = any(r.adapter_params is not None for r in rows)
     columns = ["block", "params", "trainable", "lr", "batchnorm"] + (["trains from epoch"] if with_since else [])
+    if with_adapters:
+        columns.insert(2, "adapter params")
     cells = []
     for r in rows:
         row: list[Any] = [r.block, r.params, "yes" if r.trainable else "no", f"{r.lr:.3g}" if r.lr else "0", r.bn]
         if with_since:
             row.append(str(r.since_epoch) if r.since_epoch else "-")
+        if with_adapters:
+            row.insert(2, r.adapter_params if r.adapter_params is not None else "-")
         cells.append(row)
     return columns, cells
 
@@ -181,17 +191,29 @@ def freeze_preview(
     backbone_lr: float | None = None,
     layer_decay: float | None = None,
     bn_policy: str | None = None,
+    adapter: str | None = None,
 ) -> list[FreezeRow]:
-    """The freeze report for one unfreeze spec, without training (``tlkit blocks NAME --unfreeze SPEC``)."""
+    """The freeze report for one unfreeze spec, without training (``tlkit blocks NAME --unfreeze SPEC``); with
+    ``adapter`` (``"lora:r=8"``), the adapter parameters each block would train (on a copy of the module)."""
+    import copy
+
+    from tlkit.finetuning.adapters import attach_adapters, parse_adapter
     from tlkit.finetuning.bn import DEFAULT_BN_POLICY, BatchNormPolicy
     from tlkit.finetuning.optim import DEFAULT_HEAD_LR, backbone_rate, block_rates
 
     head_lr = DEFAULT_HEAD_LR if lr is None else lr
-    blocks = backbone.blocks()
+    module, blocks = backbone.module, backbone.blocks()
     trainable = resolve_unfreeze(unfreeze, blocks)
-    base = backbone_rate(head_lr, backbone_lr_ratio, backbone_lr, backbone.modality)
+    spec = parse_adapter(adapter)
+    counts: dict[str, Any] = {}
+    if spec is not None:
+        module = copy.deepcopy(module)
+        adapters = attach_adapters(module, blocks, spec, trainable)
+        blocks, trainable = adapters.blocks, [b for b in trainable if b in adapters.block_names]
+        counts = {"params": adapters.base_params, "adapter_params": adapters.adapter_params}
+    base = backbone_rate(head_lr, backbone_lr_ratio, backbone_lr, backbone.modality, adapters=spec is not None)
     rates = block_rates([b.name for b in blocks], base, layer_decay)
-    policy = BatchNormPolicy(backbone.module, blocks, bn_policy or DEFAULT_BN_POLICY)
+    policy = BatchNormPolicy(module, blocks, bn_policy or DEFAULT_BN_POLICY)
     policy.set_trainable(trainable)
-    rows = freeze_report(backbone.module, blocks, trainable, rates, policy.block_modes(blocks), 0, head_lr)
+    rows = freeze_report(module, blocks, trainable, rates, policy.block_modes(blocks), 0, head_lr, **counts)
     return rows[:-1]

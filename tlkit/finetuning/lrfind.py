@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import ConfigError
+from tlkit.finetuning.api import check_option_names, with_preprocess_option
 from tlkit.finetuning.engine import Finetuner
-from tlkit.finetuning.options import FinetuneInputs, FinetuneOptions
+from tlkit.finetuning.options import DEFAULT_UNFREEZE, FinetuneInputs, FinetuneOptions
+from tlkit.finetuning.result import FinetuneEvent
 from tlkit.runtime import resolve
+from tlkit.runtime.progress import ProgressCallback, StageClock
 
 if TYPE_CHECKING:
     from tlkit.contract.backbone import Backbone
@@ -86,28 +89,35 @@ def lr_find(
     backbone: str | Backbone,
     train: Any,
     *,
-    unfreeze: str = "last:1",
+    unfreeze: str = DEFAULT_UNFREEZE,
     start_lr: float = 1e-7,
     end_lr: float = 1.0,
     steps: int = 100,
     output: str | os.PathLike[str] | None = "lr_find.png",
     weights: str | None = None,
     input_size: int | None = None,
+    preprocess: Mapping[str, Any] | None = None,
     reader: str | None = None,
     reader_options: Mapping[str, Any] | None = None,
     callback: Callable[[int, int, float, float], None] | None = None,
+    progress: ProgressCallback | None = None,
     **options: Any,
 ) -> LRFindResult:
     """Run the range test; ``options`` are :class:`tlkit.finetuning.FinetuneOptions` fields (``head``,
     ``backbone_lr_ratio``, ``layer_decay``, ``batch_size``, ``bn_policy``, ``precision``, ``device``, ``workers``,
-    ``seed``, ...). ``callback(step, steps, lr, loss)`` reports progress. Writes the plot to ``output`` unless it is
-    ``None``. The test runs in one process, with the fine-tuning runtime policy."""
+    ``seed``, ...); ``weights``, ``input_size`` and ``preprocess`` adjust a named backbone as in
+    :func:`tlkit.finetune`. ``callback(step, steps, lr, loss)`` reports each step; ``progress`` receives
+    :class:`tlkit.runtime.progress.ProgressEvent` objects: stage ``features`` while the linear probe that starts the
+    head embeds the data (as fine-tuning does), then ``lr-find`` per step (``info``: ``lr`` and the smoothed
+    ``loss``). Writes the plot to ``output`` unless it is ``None``. The test runs in one process, with the fine-tuning
+    runtime policy."""
     if not 0 < start_lr < end_lr:
         raise ConfigError(
             f"need 0 < {{start_lr}} < {{end_lr}}, not {start_lr} and {end_lr}", params=("start_lr", "end_lr")
         )
     if steps < 5:
         raise ConfigError(f"{{param}} must be at least 5, not {steps}", param="steps")
+    check_option_names(lr_find, options)
     opts = FinetuneOptions.from_kwargs(
         {"unfreeze": unfreeze, "epochs": 1, "head_epochs": 0, "val_split": 0.0, **options}
     )
@@ -115,11 +125,18 @@ def lr_find(
     with tempfile.TemporaryDirectory(prefix="tlkit-lrfind-") as tmp:
         inputs = FinetuneInputs(
             backbone, train, Path(tmp) / "run", weights=weights, input_size=input_size, reader=reader,
+            backbone_options=with_preprocess_option(None, preprocess, input_size),
             reader_options=dict(reader_options or {}),
         )  # fmt: skip
-        engine = Finetuner(inputs, opts, runtime)
+        features = StageClock(progress, "features")
+
+        def probe(ev: FinetuneEvent) -> None:
+            if ev.kind == "probe":
+                features(ev.step, ev.steps)
+
+        engine = Finetuner(inputs, opts, runtime, callback=probe)
         engine.prepare()
-    curve = _range_test(engine, start_lr, end_lr, steps, callback)
+    curve = _range_test(engine, start_lr, end_lr, steps, callback, StageClock(progress, "lr-find"))
     finite = [i for i, s in enumerate(curve.smoothed) if math.isfinite(s)]
     suggested, steepest, min_lr = suggest([curve.lrs[i] for i in finite], [curve.smoothed[i] for i in finite])
     result = LRFindResult(
@@ -160,6 +177,7 @@ def _range_test(
     end_lr: float,
     steps: int,
     callback: Callable[[int, int, float, float], None] | None,
+    clock: StageClock,
 ) -> _Curve:
     """Train the prepared ``engine``'s model for up to ``steps`` batches at exponentially growing rates."""
     import torch
@@ -196,6 +214,7 @@ def _range_test(
         smooth = curve.add(lr, float(loss.detach()))
         if callback is not None:
             callback(i + 1, steps, lr, smooth)
+        clock(i + 1, steps, f"lr {lr:.1e}  loss {smooth:.4f}", lr=lr, loss=smooth)
         if curve.diverged:
             break
     return curve

@@ -33,10 +33,15 @@ HEAD = "head"
 
 
 def backbone_rate(
-    head_lr: float, backbone_lr_ratio: float | None, backbone_lr: float | None, modality: str | None = None
+    head_lr: float,
+    backbone_lr_ratio: float | None,
+    backbone_lr: float | None,
+    modality: str | None = None,
+    adapters: bool = False,
 ) -> float:
     """The backbone's base rate from the head rate and either a ratio or an absolute rate (not both); without
-    either, the default ratio for the backbone's ``modality``."""
+    either, the default ratio for the backbone's ``modality``, or with ``adapters`` (the rate of adapter parameters
+    rather than pretrained weights) :data:`tlkit.finetuning.adapters.DEFAULT_ADAPTER_LR_RATIO`."""
     if backbone_lr_ratio is not None and backbone_lr is not None:
         raise ConfigError(
             "give {backbone_lr_ratio} or {backbone_lr}, not both", params=("backbone_lr_ratio", "backbone_lr")
@@ -48,6 +53,10 @@ def backbone_rate(
             raise ConfigError(f"{{param}} must be ≥ 0, not {backbone_lr}", param="backbone_lr")
         return float(backbone_lr)
     default = BACKBONE_LR_RATIO_BY_MODALITY.get(modality or "", DEFAULT_BACKBONE_LR_RATIO)
+    if adapters:
+        from tlkit.finetuning.adapters import DEFAULT_ADAPTER_LR_RATIO
+
+        default = DEFAULT_ADAPTER_LR_RATIO
     ratio = default if backbone_lr_ratio is None else backbone_lr_ratio
     if ratio < 0:
         raise ConfigError(f"{{param}} must be ≥ 0, not {ratio}", param="backbone_lr_ratio")

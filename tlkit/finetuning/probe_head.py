@@ -88,6 +88,7 @@ def _check(config: dict[str, Any], where: str, backbone: Backbone, class_names: 
     actual = backbone.fingerprint()
     if recorded != actual:
         bname = (config.get("backbone") or {}).get("name", "?")
+        _check_preprocess(config, where, backbone)
         raise FingerprintMismatchError(
             f"{where}: its head was trained on features of {bname} with fingerprint {recorded}, but "
             f"this backbone ({backbone.name}, weights {backbone.weights}) has fingerprint {actual}; train the probe "
@@ -107,6 +108,33 @@ def _check(config: dict[str, Any], where: str, backbone: Backbone, class_names: 
             f"{backbone.spec.embed_dim}-d",
             param="init_head",
         )
+
+
+def _check_preprocess(config: dict[str, Any], where: str, backbone: Backbone) -> None:
+    """When the probe's backbone differs from ``backbone`` only in preprocessing (another input size), say so and
+    name the options that give the probe's."""
+    from tlkit.contract.image import IMAGE_OPTIONS, format_option, preprocess_changes
+    from tlkit.errors import TlkitError
+    from tlkit.host.api import backbone_from_record
+
+    try:
+        probe_bb = backbone_from_record(config.get("backbone") or {}, weights=backbone.weights)
+        if probe_bb.name != backbone.name or probe_bb.fingerprint() == backbone.fingerprint():
+            return
+        theirs, ours = probe_bb.spec.preprocess, backbone.spec.preprocess
+    except TlkitError:
+        return
+    changes = preprocess_changes(theirs, ours)
+    if not changes:
+        return
+    keys = [k for k in IMAGE_OPTIONS if theirs.get(k) != ours.get(k) and k in theirs]
+    fix = " ".join("{" + k + "} " + format_option(k, theirs[k]) for k in keys)
+    raise FingerprintMismatchError(
+        f"{where}: the probe was trained on features preprocessed otherwise ({'; '.join(changes)}, probe → this "
+        f"run); {'give ' + fix + ' to fine-tune as the probe was extracted, or ' if fix else ''}train the probe on "
+        f"a cache extracted with this run's preprocessing",
+        params=("init_head", *keys),
+    )
 
 
 @dataclass
@@ -176,17 +204,24 @@ def frozen_features(
 
 
 def fit_start_probe(
-    backbone: Backbone, dataset: Dataset, n_classes: int, runtime: Runtime, batch_size: int, seed: int = 0
+    backbone: Backbone,
+    dataset: Dataset,
+    n_classes: int,
+    runtime: Runtime,
+    batch_size: int,
+    seed: int = 0,
+    callback: Callable[[int, int], None] | None = None,
 ) -> StartProbe:
     """LP-FT's first stage: a linear probe on frozen features of ``dataset``, its L2 strength chosen by k-fold
     cross-validation (:func:`tlkit.heads.auto.fit_logistic_cv`, the default head of ``tlkit train``), with the
-    standardisation (scale floored as ``tlkit train`` floors it) folded into the weights."""
+    standardisation (scale floored as ``tlkit train`` floors it) folded into the weights. ``callback(done, total)``
+    follows the forward pass over ``dataset``."""
     import torch
 
     from tlkit.heads.auto import fit_logistic_cv
     from tlkit.heads.fit import SCALE_FLOOR
 
-    x_np, y_np = frozen_features(backbone, dataset, runtime, batch_size)
+    x_np, y_np = frozen_features(backbone, dataset, runtime, batch_size, callback=callback)
     x = torch.from_numpy(x_np).double()
     y = torch.from_numpy(y_np).long()
     mean, std = x.mean(0), x.std(0, unbiased=False)

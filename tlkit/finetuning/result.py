@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 class FinetuneEvent:
     """A progress event for the ``callback``.
 
-    ``kind`` is ``"start"`` (``freeze`` and ``plan`` filled; ``message`` says how the head starts when a probe was
-    fitted), ``"phase"`` (``trainable`` filled), ``"epoch_start"``,
-    ``"step"``, ``"epoch_end"`` (``metrics`` filled) or ``"done"``. ``epoch`` is 1-based; ``loss`` and ``accuracy``
-    are running training averages for the epoch.
+    ``kind`` is ``"probe"`` (before the start, while the default linear probe's frozen features are computed:
+    ``step`` of ``steps`` items, ``items_per_s``), ``"start"`` (``freeze`` and ``plan`` filled; ``message`` says how
+    the head starts when a probe was fitted), ``"phase"`` (``trainable`` filled), ``"epoch_start"``,
+    ``"step"`` (after every batch), ``"epoch_end"`` (``metrics`` filled) or ``"done"``. ``epoch`` is 1-based;
+    ``loss`` and ``accuracy`` are running training averages for the epoch, read from the device after every batch on
+    the CPU and at most every half second on an accelerator.
     """
 
     kind: str
@@ -79,7 +81,9 @@ class FinetuneResult:
 
     @property
     def model_path(self) -> Path:
-        return self.run_dir / "model.safetensors"
+        """``model.safetensors``, or for a run that trained adapters ``adapter.safetensors``."""
+        adapter = self.run_dir / "adapter.safetensors"
+        return adapter if adapter.is_file() else self.run_dir / "model.safetensors"
 
     def summary(self) -> str:
         where = "validation" if self.evaluated_on == "val" else "training set (no validation)"

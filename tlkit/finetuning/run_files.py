@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tlkit.finetuning.state import (
     BEST,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from tlkit.finetuning.model import TransferModel
     from tlkit.runs.metrics import ClassificationReport
 
 
@@ -125,9 +126,20 @@ class RunFiles:
             save_model_only(self.best_checkpoint, model, state)
 
     def save_model(self, model: nn.Module) -> None:
-        """The final model: ``model.safetensors`` with keys ``backbone.*`` and ``head.*``."""
-        if self.is_main:
+        """The final model: ``model.safetensors`` with keys ``backbone.*`` and ``head.*``; with adapters,
+        ``adapter.safetensors`` + ``adapter.json`` (:mod:`tlkit.finetuning.adapters`) and ``head.safetensors``."""
+        if not self.is_main:
+            return
+        adapters = getattr(model, "adapters", None)
+        if adapters is None:
             save_tensors(self.model_path, model.state_dict(), metadata={"format": "tlkit-finetune"})
+            return
+        from tlkit.finetuning.adapters import save_adapter_files
+        from tlkit.runs.rundir import HEAD_WEIGHTS
+
+        transfer = cast("TransferModel", model)
+        save_tensors(self.dir / HEAD_WEIGHTS, transfer.head.state_dict(), metadata={"format": "tlkit-finetune-head"})
+        save_adapter_files(self.dir, adapters, transfer.backbone)
 
     def write_report(
         self, report: ClassificationReport, extra: Mapping[str, Any], history: Sequence[Mapping[str, Any]]

@@ -2,7 +2,8 @@
 
 ``RUN_DIR/checkpoints/last.safetensors`` holds, after each finished epoch:
 
-- ``model.*``: the ``TransferModel`` state dict (backbone and head weights, BatchNorm buffers);
+- ``model.*``: the ``TransferModel`` state dict (backbone and head weights, BatchNorm buffers; a run with adapters
+  saves only the adapters, the BatchNorm tensors of adapter blocks and the head: the frozen base is rebuilt);
 - ``optim.<param index>.<key>``: optimizer state tensors (AdamW moments and step counts, SGD momentum);
 - ``rng.torch``, ``rng.cuda.<i>``, ``rng.numpy``: random generator states;
 - metadata key ``tlkit_checkpoint``: JSON with the epoch, optimizer step, phase, best-so-far, early-stopping
@@ -104,7 +105,18 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"model.{k}": v for k, v in model.state_dict().items()}
+    """``model.*``: what the model saves (:meth:`TransferModel.run_state_dict`: with adapters, not the frozen base)."""
+    run_state = getattr(model, "run_state_dict", model.state_dict)
+    return {f"model.{k}": v for k, v in run_state().items()}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`model_tensors` saved (prefix removed), strictly; ``RuntimeError`` when it does not fit."""
+    load = getattr(model, "load_run_state", None)
+    if load is not None:
+        load(state)
+    else:
+        model.load_state_dict(state, strict=True)
 
 
 def save_training_state(
@@ -189,7 +201,7 @@ def load_training_state(
     meta = read_meta(path)  # checks the checksum
     tensors = load_tensors(path, checkpoint_fix(path), verify=False)
     try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        load_model_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except RuntimeError as exc:
         raise BadInputError(
             f"{path}: the checkpoint's weights do not fit this model ({str(exc).splitlines()[0]}); "

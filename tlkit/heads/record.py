@@ -19,7 +19,8 @@ EXTRACT_FIELDS = ("precision", "store_dtype", "reader", "reader_options")
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir``; refuse a file, or an existing run unless ``overwrite``."""
+    """Refuse a file, or an existing run unless ``overwrite``. The run's lock creates the folder (and removes it
+    again when the run fails before writing into it: :func:`tlkit.runs.rundir.run_lock`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise BadInputError(f"{run_dir}: exists and is not a directory; choose another {{param}}", param="output")
     if (run_dir / "config.json").exists() and not overwrite:
@@ -27,7 +28,6 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"{run_dir}: already holds a run; pass {{param}} to replace it, or choose another output",
             param="overwrite",
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def clear_run_dir(run_dir: Path) -> None:

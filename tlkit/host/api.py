@@ -20,7 +20,7 @@ def get_backbone(name: str, weights: str | os.PathLike[str] = WEIGHTS_PRETRAINED
     Other options (``preprocess``, ``pooling``, ``augment``, plugin-specific ones) go to the backbone, whose
     :meth:`~tlkit.plugin.Backbone.validate` checks them here, before any data is read.
     """
-    entry = resolve_backbone(name)
+    entry = resolve_backbone(name, {"weights": str(weights), **options})
     backbone = entry.create(weights=str(weights), **options)
     backbone.plugin_name = entry.plugin
     return validated(backbone)

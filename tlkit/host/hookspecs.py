@@ -8,7 +8,7 @@ rule), which lets these specs grow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -60,12 +60,16 @@ def tlkit_register_backbones(register: RegisterBackbone) -> None:
 
 
 @hookspec(firstresult=True)
-def tlkit_resolve_backbone(name: str) -> BackboneEntry | None:
+def tlkit_resolve_backbone(name: str, options: Mapping[str, Any]) -> BackboneEntry | None:
     """Resolve an open-ended backbone name (any timm architecture, any HF id or local directory).
 
     :param name: the full name the user typed, such as ``timm/convnext_tiny`` or ``hf/./my-model``.
+    :param options: the options the backbone is being made with (``weights`` and the plugin's own), read-only; an
+        implementation that does not need them leaves the argument out.
     :return: a :class:`tlkit.plugin.BackboneEntry`, or ``None`` when the name is not this plugin's. The first
-        non-None answer wins.
+        non-None answer wins. The entry may rename the backbone (a local directory ``hf/./models/mini`` becomes
+        the portable ``hf/mini``) and carry the options that name implies (``options={"local_dir": ...}``), which
+        the backbone records, so that it can be rebuilt from its record.
     """
 
 

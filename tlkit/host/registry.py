@@ -8,7 +8,7 @@ unusable (:class:`BrokenName`, whose error asking for it raises) and the plugin 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +49,16 @@ def _check_modality(kind: str, name: str, owner: object, plugin: str) -> str:
 @dataclass(frozen=True)
 class BackboneEntry:
     """A backbone a plugin offers: ``factory`` is a :class:`tlkit.plugin.Backbone` subclass, and
-    ``factory(name, **options)`` builds it without loading weights. The modality is the class's own."""
+    ``factory(name, **options)`` builds it without loading weights. The modality is the class's own.
+
+    ``options`` are options the name implies (where a local model's files are), given to the factory over the
+    caller's; the backbone records them with its other options."""
 
     name: str
     factory: type[Backbone]
     summary: str = ""
     plugin: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from tlkit.contract.backbone import Backbone
@@ -71,7 +75,7 @@ class BackboneEntry:
         return self.factory.modality
 
     def create(self, **options: Any) -> Backbone:
-        return self.factory(self.name, **options)
+        return self.factory(self.name, **{**options, **self.options})
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def _broken_note() -> str:
     return f"; broken plugins (see `tlkit plugins`): {', '.join(broken)}" if broken else ""
 
 
-def _resolve_open(name: str) -> tuple[BackboneEntry | None, list[str]]:
+def _resolve_open(name: str, options: Mapping[str, Any]) -> tuple[BackboneEntry | None, list[str]]:
     """Ask the resolvers (first answer wins), each on its own: the entry, and what failed on the way.
 
     A resolver's :class:`TlkitError` (an unknown model of its family, a missing library) is its answer for the name
@@ -234,7 +238,8 @@ def _resolve_open(name: str) -> tuple[BackboneEntry | None, list[str]]:
         plugin = impl.plugin_name
         error: BaseException | None = None
         try:
-            entry = impl.function(**{k: name for k in impl.argnames if k == "name"})
+            given = {"name": name, "options": options}
+            entry = impl.function(**{k: given[k] for k in impl.argnames if k in given})
         except PluginError as exc:
             entry, error = None, exc
         except TlkitError:
@@ -252,14 +257,15 @@ def _resolve_open(name: str) -> tuple[BackboneEntry | None, list[str]]:
     return None, failures
 
 
-def resolve_backbone(name: str) -> BackboneEntry:
-    """Find the entry for a backbone name: fixed registrations first, then the resolver hook."""
+def resolve_backbone(name: str, options: Mapping[str, Any] | None = None) -> BackboneEntry:
+    """Find the entry for a backbone name: fixed registrations first, then the resolver hook (which also sees the
+    ``options`` the backbone is being made with)."""
     reg = get_registry()
     if name in reg.backbones:
         return reg.backbones[name]
     if name in reg.broken["backbone"]:
         raise reg.broken["backbone"][name].error()
-    entry, failures = _resolve_open(name)
+    entry, failures = _resolve_open(name, dict(options or {}))
     if entry is not None:
         return entry
     if failures:

@@ -2,13 +2,20 @@
 
 The exported graph maps the backbone's preprocessed inputs (an image tensor, or ``input_ids``/``attention_mask``
 and the like, in the order ``collate`` gives them) to class logits. Preprocessing stays outside the graph; a JSON
-sidecar next to the file records it, with the class names and the input names. After writing, the exported model
-runs on an example batch and its logits are compared with the original model's.
+sidecar next to the file records it, with the class names and the input names. Before it is published, the
+exported model runs on an example batch and its logits are compared with the original model's.
+
+``model.onnx`` holds its weights, so the file alone is the model. Weights over :data:`EMBED_LIMIT` (protobuf, which
+stores an ONNX model, stops at 2 GiB) go to ``model.onnx.data`` beside it, which must travel with it.
+
+Writing is all or nothing: everything is written and checked in a private folder beside the output
+(``.model.onnx.XXXX.tmp/``), then moved into place, the model file last; a failure leaves the folder as it was.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +33,9 @@ FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 #: Largest |exported − original| logit difference accepted by the check (fp32).
 TOLERANCE = 1e-4
+#: Weights up to this many bytes are stored inside the ``.onnx`` file; above it, in ``NAME.onnx.data`` beside it.
+#: torch's own threshold, well under protobuf's 2 GiB limit on one serialised model.
+EMBED_LIMIT = 1536 << 20
 
 
 @dataclass
@@ -38,10 +48,13 @@ class ExportResult:
     max_abs_diff: float
     checked_with: str
     sidecar: Path
+    #: ``NAME.onnx.data``, the weights of a model too large to hold them itself; it travels with :attr:`path`.
+    data: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"], d["sidecar"] = str(self.path), str(self.sidecar)
+        d["data"] = str(self.data) if self.data else None
         return d
 
 
@@ -97,7 +110,17 @@ def _flatten(batch: Any) -> tuple[list[str] | None, tuple[torch.Tensor, ...]]:
     raise TlkitError(f"cannot export a model whose batches are {type(batch).__name__}; expected a tensor or a dict")
 
 
+def _weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _failed(format: str, exc: BaseException) -> TlkitError:
+    first = (str(exc).splitlines() or [""])[0]
+    return TlkitError(f"{format} export failed ({type(exc).__name__}: {first}); nothing was written")
+
+
 def _export_onnx(module: nn.Module, args: tuple[Any, ...], names: list[str], path: Path, image: bool) -> None:
+    """Write ``path``: one self-contained file, or, above :data:`EMBED_LIMIT`, with ``NAME.data`` beside it."""
     import torch
 
     batch = torch.export.Dim("batch", min=1)
@@ -110,20 +133,39 @@ def _export_onnx(module: nn.Module, args: tuple[Any, ...], names: list[str], pat
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(
+                program = torch.onnx.export(
                     module,
                     args,
-                    str(path),
+                    None,  # saved below, where tlkit decides where the weights go
                     dynamo=True,
                     input_names=names,
                     output_names=["logits"],
                     dynamic_shapes=shapes,
                     verbose=False,
                 )
-            return
+            break
         except Exception as exc:  # a model that specialises on its sequence length: retry with a dynamic batch only
             last = exc
-    raise TlkitError(f"ONNX export failed: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}")
+    else:
+        raise _failed("ONNX", last or RuntimeError("no attempt"))
+    if program is None:  # pragma: no cover - dynamo=True always returns the program
+        raise TlkitError("ONNX export failed: the exporter returned no program; nothing was written")
+    try:
+        program.save(str(path), external_data=_weight_bytes(module) > EMBED_LIMIT)
+    except Exception as exc:  # noqa: BLE001 - the exporter's errors are many; the message keeps its first line
+        raise _failed("ONNX", exc) from exc
+
+
+def _export_torchscript(module: nn.Module, args: tuple[Any, ...], path: Path) -> None:
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, args, check_trace=False)  # type: ignore[no-untyped-call]
+            torch.jit.save(traced, str(path))
+    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways; the message keeps the first line
+        raise _failed("TorchScript", exc) from exc
 
 
 def _run_onnx(path: Path, names: list[str], args: tuple[Any, ...]) -> tuple[Any, str]:
@@ -175,49 +217,80 @@ def export_model(
 ) -> ExportResult:
     """Export the fine-tuned model in ``run_dir`` to ONNX or TorchScript and check its outputs.
 
-    ``output`` defaults to ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.torchscript.pt``. Raises
-    :class:`tlkit.errors.TlkitError` when the exported model's logits differ from the original's by more than
-    :data:`TOLERANCE`.
+    ``output`` defaults to ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.torchscript.pt``. An ONNX model holds its
+    weights, except above :data:`EMBED_LIMIT`, where they go to ``OUTPUT.data`` beside it. Nothing is published
+    unless the export succeeds and, with ``check``, reproduces the original's logits to :data:`TOLERANCE`;
+    otherwise :class:`tlkit.errors.TlkitError` is raised and the output's folder is left as it was.
     """
     import torch
 
-    from tlkit.fileio import atomic_write_with
+    from tlkit.fileio import output_file, staging_folder, writer_lock
     from tlkit.finetuning.model import TransferModel
-    from tlkit.runs.rundir import write_json
 
     if format not in FORMATS:
         raise ConfigError(f"{{param}} must be one of {', '.join(FORMATS)}, not {format!r}", param="format")
     run_dir = Path(run_dir)
+    default = f"model{SUFFIX[format]}"
+    path = output_file(Path(output) if output else run_dir / default, default, ConfigError)
     model = TransferModel.from_run(run_dir, device="cpu")
-    path = Path(output) if output else run_dir / f"model{SUFFIX[format]}"
     batch = example_batch(model)
     keys, args = _flatten(batch)
     names = keys or ["input"]
     module = _wrapper(model, keys)
     with torch.inference_mode():
         expected = model(batch).float()
-    image = model.backbone_wrapper.spec.modality == "image"
-    if format == "onnx":
-        atomic_write_with(path, lambda tmp: _export_onnx(module, args, names, Path(tmp), image))
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, args, check_trace=False)  # type: ignore[no-untyped-call]
-            atomic_write_with(path, lambda tmp: torch.jit.save(traced, tmp))
-    diff, checked_with = _check_export(path, format, names, args, expected) if check else (float("nan"), "not checked")
-    sidecar = path.with_name(path.name + ".json")
+    # a run with adapters exports one plain network: the adapters merged into the weights (peft merge_and_unload);
+    # the check compares the merged export with the unmerged model's logits
+    model.merge_adapters()
     spec = model.backbone_wrapper.spec
-    write_json(
-        sidecar,
-        {
-            "format": format,
-            "inputs": names,
-            "output": "logits",
-            "class_names": model.class_names,
-            "backbone": spec.name,
-            "modality": spec.modality,
-            "preprocess": spec.preprocess,
-            "run_dir": str(run_dir),
-        },
-    )
-    return ExportResult(path, format, names, diff, checked_with, sidecar)
+    sidecar = {
+        "format": format,
+        "inputs": names,
+        "output": "logits",
+        "class_names": model.class_names,
+        "backbone": spec.name,
+        "modality": spec.modality,
+        "preprocess": spec.preprocess,
+        "run_dir": str(run_dir),
+    }
+    with writer_lock(path.with_name(path.name + ".lock"), path, noun="export", error=ConfigError):
+        with staging_folder(path) as stage:
+            staged = stage / path.name
+            if format == "onnx":
+                _export_onnx(module, args, names, staged, spec.modality == "image")
+            else:
+                _export_torchscript(module, args, staged)
+            diff, checked_with = (
+                _check_export(staged, format, names, args, expected) if check else (float("nan"), "not checked")
+            )
+            data = _install(stage, path, sidecar)
+    return ExportResult(path, format, names, diff, checked_with, path.with_name(path.name + ".json"), data)
+
+
+def _install(stage: Path, path: Path, sidecar: dict[str, Any]) -> Path | None:
+    """Move the checked export from ``stage`` into place; the external-data file, if any.
+
+    The old model file goes first and the new one comes last, so that a crash in between leaves no model file,
+    never one beside another export's weights or sidecar. Then what an earlier export left that nothing refers to
+    now goes too: a weights file the new model does not use, and hidden temporaries of interrupted exports.
+    """
+    from tlkit.fileio import publish
+    from tlkit.runs.rundir import write_json
+
+    write_json(stage / (path.name + ".json"), sidecar)
+    companions = sorted(p for p in stage.iterdir() if p.name != path.name and not p.name.startswith("."))
+    path.unlink(missing_ok=True)
+    for p in companions:
+        publish(p, path.with_name(p.name))
+    publish(stage / path.name, path)
+    data = path.with_name(path.name + ".data")
+    used = any(p.name == data.name for p in companions)
+    if not used:
+        data.unlink(missing_ok=True)
+    for old in path.parent.iterdir():  # interrupted exports' temporaries; older tlkit's hidden weights files
+        if old != stage and old.name.startswith(f".{path.name}.") and ".tmp" in old.name:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    return data if used else None

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -326,6 +326,7 @@ def predict(
     precision: str = "auto",
     workers: int | str | None = None,
     progress: Progress | None = None,
+    preprocess: Mapping[str, Any] | None = None,
 ) -> Predictions:
     """Predict classes for ``input`` with a trained run.
 
@@ -338,12 +339,21 @@ def predict(
     :param precision: of a fine-tuned run's forward pass (``auto`` as fine-tuning resolves it). A head run's raw
         items are always embedded in the precision of its training features; another explicit value is an error.
     :param progress: receives the extraction engine's :class:`tlkit.runtime.progress.ProgressEvent` objects.
+    :param preprocess: only checked: raw items always go through the run's recorded preprocessing, and overrides
+        that differ from it (another ``input_size``) are refused; the recorded values given again pass.
     """
     from tlkit.runtime import RuntimeOptions, resolve
 
     run_dir, input_path = Path(run_dir), Path(input)
     if not input_path.exists():
         raise BadInputError(f"{input_path}: no such file or directory; check the input path")
+    if preprocess:
+        from tlkit.contract.image import check_same_preprocess
+        from tlkit.host.api import backbone_from_record
+        from tlkit.runs.rundir import read_config
+
+        recorded = backbone_from_record(read_config(run_dir).get("backbone") or {})
+        check_same_preprocess(recorded, preprocess, str(run_dir))
     options = RuntimeOptions.of(device=device, precision=precision, batch_size=batch_size, workers=workers)
     if run_kind(run_dir) == FINETUNE_KIND:
         feats, class_names = _finetuned(run_dir, input_path, resolve("predict", options))
@@ -375,6 +385,7 @@ def evaluate(
     precision: str = "auto",
     workers: int | str | None = None,
     progress: Progress | None = None,
+    preprocess: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Metrics and plots of a trained run on a labelled set (raw items or, for a head run, a cache).
 
@@ -386,7 +397,7 @@ def evaluate(
     input_path = Path(input)
     preds = predict(
         run_dir, input_path, batch_size=batch_size, device=device, precision=precision, workers=workers,
-        progress=progress,
+        progress=progress, preprocess=preprocess,
     )  # fmt: skip
     if preds.labels is None:
         raise BadInputError(

@@ -11,6 +11,7 @@ Layout::
       metrics.jsonl      one JSON object per epoch
       report.json        accuracy, balanced accuracy, macro-F1, per-class report, confusion matrix
       curves.png, confusion.png
+      .lock              only while a writer runs (:func:`run_lock`)
 
 Every file is written atomically (temporary file, fsync, rename: :mod:`tlkit.fileio`), so a crash never leaves a
 half-written file under its final name.
@@ -49,6 +50,8 @@ def run_lock(run_dir: str | os.PathLike[str]) -> AbstractContextManager[None]:
     """Hold ``RUN_DIR/.lock`` while in the ``with`` block; a second writer gets a clear :class:`ConfigError`.
 
     The lock is an OS file lock (``flock``), so the kernel drops it when the holder dies, even by ``kill -9``.
+    The lock creates ``RUN_DIR`` when it is missing; a clean release deletes the lock file, and ``RUN_DIR`` too when
+    the run wrote nothing into it (a run that failed at the start leaves no empty folder).
     """
     return writer_lock(Path(run_dir) / LOCK, run_dir, noun="run directory", error=ConfigError)
 
@@ -129,6 +132,10 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check ``RUN_DIR/config.json``."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
+    if run_dir.is_file():  # every command that reads a run reads its config first: one rule, one message
+        raise BadInputError(
+            f"{run_dir} is a file, not a run directory; give the -o folder of tlkit train or tlkit finetune"
+        )
     if not path.is_file():
         raise BadInputError(f"{run_dir}: not a tlkit run directory (no {CONFIG}); pass the -o folder of train/finetune")
     try:

