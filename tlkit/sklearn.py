@@ -83,9 +83,12 @@ class ItemsReader(Reader):
             return record.source
         from tlkit.host.registry import get_registry
 
-        for entry in get_registry().readers.values():
-            if entry.modality == self.modality:
-                return entry.reader.load(record)
+        readers = get_registry().readers
+        # items given directly are file paths: the modality's file reader (named after the modality) reads them,
+        # not a stream reader (WebDataset, Parquet, ...) whose records point into shards or tables
+        entry = readers.get(self.modality)
+        if entry is not None and entry.modality == self.modality:
+            return entry.reader.load(record)
         raise BadInputError(f"no reader is installed for {self.modality} data")
 
 

@@ -162,7 +162,7 @@ def test_run_directory_and_from_run(data: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == [1, 2] and rows == result.history
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"] == result.report.accuracy and report["evaluated_on"] == "val"
-    assert result.report.n == 6  # 20 % of 3 × 10 held out, stratified
+    assert result.report.n == 3  # 10 % of 3 × 10 held out, stratified
 
     model = TransferModel.from_run(out)
     images = tlkit.testing.sample_images(3, size=(32, 32))
