@@ -43,12 +43,6 @@ class HFDatasetsReader(StreamReader):
         self._open: dict[tuple[str, str | None], Any] = {}
         self._pid = os.getpid()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"modality": self.modality}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["modality"])  # type: ignore[misc]
-
     def recognises(self, location: str) -> bool:
         return not is_url(location) and is_saved_dataset(location)
 

@@ -43,12 +43,6 @@ class ParquetReader(StreamReader):
         self._groups: OrderedDict[tuple[str, int, str], list[Any]] = OrderedDict()
         self._pid = os.getpid()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"modality": self.modality}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["modality"])  # type: ignore[misc]
-
     def recognises(self, location: str) -> bool:
         low = location.lower().rstrip("/")
         if low.endswith(PARQUET_SUFFIXES):

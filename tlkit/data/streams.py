@@ -39,6 +39,12 @@ class StreamReader(Reader):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.modality!r})"
 
+    def __getstate__(self) -> dict[str, Any]:  # open files and row-group caches never travel to a worker
+        return {"modality": self.modality}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["modality"])  # type: ignore[misc]
+
     def can_read(self, path: Path) -> bool:
         return self.recognises(os.fspath(path))
 
