@@ -216,7 +216,7 @@ class TransferModel(nn.Module):
         cls, run_dir: Path, config: dict[str, Any], head_name: str, head_params: dict[str, Any], base: Backbone | None
     ) -> TransferModel:
         from tlkit.finetuning.adapters import load_adapters
-        from tlkit.heads.torch_heads import build_head
+        from tlkit.heads.torch_heads import build_head, load_head_state
         from tlkit.host.api import backbone_from_record
         from tlkit.runs.rundir import HEAD_WEIGHTS, load_tensors
 
@@ -234,13 +234,7 @@ class TransferModel(nn.Module):
         adapters = load_adapters(run_dir, backbone.module, backbone.blocks(), base_record)
         head_cfg = config["head"]
         head = build_head(head_name, int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **head_params)
-        try:
-            head.load_state_dict(head_state, strict=True)
-        except RuntimeError as exc:
-            raise BadInputError(
-                f"{run_dir / HEAD_WEIGHTS}: does not fit a {head_name} head ({str(exc).splitlines()[0]}); the run "
-                f"directory is damaged"
-            ) from exc
+        load_head_state(head, head_state, run_dir / HEAD_WEIGHTS, head_name)
         model = cls(backbone, head, class_names=config.get("class_names", []), config=config)
         model.adapters = adapters
         model._use_adapters()

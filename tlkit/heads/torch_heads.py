@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tlkit.errors import ConfigError
+from tlkit.errors import BadInputError, ConfigError
 from tlkit.host.registry import get_head_entry
 
 if TYPE_CHECKING:
@@ -82,6 +82,17 @@ def build_head(name: str, in_dim: int, n_classes: int, **params: Any) -> Any:
         accepted = _accepted_params(entry.factory, skip=2 if entry.kind == "torch" else 0)
         hint = f"; it accepts {', '.join(accepted)}" if accepted else ""
         raise ConfigError(f"head {name!r}: bad parameters {params} ({exc}){hint}") from exc
+
+
+def load_head_state(head: Any, state: Any, path: Any, name: str) -> None:
+    """Load a run's saved ``state`` into a freshly built torch ``head`` named ``name``; weights that do not fit are a
+    one-line error naming ``path`` (the run directory is damaged)."""
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BadInputError(
+            f"{path}: weights do not fit head {name} ({str(exc).splitlines()[0]}); the run directory is damaged"
+        ) from exc
 
 
 def _accepted_params(factory: Any, skip: int) -> list[str]:

@@ -109,17 +109,12 @@ def load_head_run(
         if kind == "estimator":
             return HeadRun(run_dir, config, load_estimator(run_dir / ESTIMATOR_FILE, checksum=True), kind)
     from tlkit.heads import build_head
+    from tlkit.heads.torch_heads import load_head_state
     from tlkit.runtime import resolve_device
 
     head = build_head(name, int(head_cfg["in_dim"]), int(head_cfg["n_classes"]), **params)
     state = load_tensors(run_dir / HEAD_WEIGHTS, HEAD_FIX)
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise BadInputError(
-            f"{run_dir / HEAD_WEIGHTS}: weights do not fit head {name} ({str(exc).splitlines()[0]}); "
-            f"the run directory is damaged"
-        ) from exc
+    load_head_state(head, state, run_dir / HEAD_WEIGHTS, name)
     dev = resolve_device(device) if isinstance(device, str) else device
     return HeadRun(run_dir, config, head.to(dev).eval(), kind)
 
