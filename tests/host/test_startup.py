@@ -7,38 +7,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tlkit.testing import make_image_folder
+from tlkit.testing.imports import probe_cli
 
-#: Runs the CLI in this process, then names the heavy libraries it imported (on stderr, after the command's output).
-PROBE = """
-import sys
-from tlkit.cli import cli
-try:
-    cli.main(sys.argv[1:], prog_name="tlkit")
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-heavy = sorted(m for m in ("timm", "torchvision", "transformers", "torch") if m in sys.modules)
-print("IMPORTED=" + ",".join(heavy), file=sys.stderr)
-sys.exit(code if isinstance(code, int) else 1)
-"""
 MODEL_LIBRARIES = {"timm", "torchvision", "transformers"}
 
 
 def tlkit(env: dict[str, str], *args: object) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """``tlkit ARGS`` in a subprocess: the result and the heavy libraries it imported."""
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env, timeout=600
-    )
-    marker = [line for line in out.stderr.splitlines() if line.startswith("IMPORTED=")]
-    assert marker, out.stderr
-    return out, set(filter(None, marker[-1].removeprefix("IMPORTED=").split(",")))
+    out, imported = probe_cli([str(a) for a in args], env, timeout=600)
+    assert imported is not None, out.stderr
+    return out, imported
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,8 @@ from tlkit.runtime.resolution import MIN_WORKER_SHARE, Runtime, measured_workers
 
 
 def runtime(workers: int, auto: bool = True, device: str = "cpu") -> Runtime:
-    import torch
-
     rt = resolve("extract", RuntimeOptions.of("cpu", "fp32", 8, workers), env=None)
-    return replace(rt, auto_workers=auto, device=torch.device(device))
+    return replace(rt, auto_workers=auto, device_name=device)
 
 
 def test_auto_is_a_cap_and_an_explicit_count_is_kept() -> None:

@@ -25,7 +25,6 @@ from tlkit.cache.storage import (
     str_dtype,
     write_error,
 )
-from tlkit.data.ids import id_bytes
 from tlkit.errors import CacheError
 from tlkit.runtime.progress import ProgressCallback, ProgressEvent, emit
 
@@ -41,9 +40,9 @@ class AssemblyPlan:
     sources: list[Path]
     src: np.ndarray  # [N] index into sources
     rows: np.ndarray  # [N] row in that source
-    ids: list[str]
+    ids: Sequence[str]  # a list, or PackedStrings (tlkit.data.records): no string object per row
     labels: np.ndarray
-    stamps: list[str]
+    stamps: Sequence[str]
 
 
 class _SourcePool:
@@ -178,11 +177,10 @@ def _copy_rows(
                 ds[:, a:b] = block
                 for k in range(block.shape[0]):
                     hashers[f"views/{k}"].update(le_bytes(block[k]))
-        ids_block = plan.ids[a:b]
-        f["ids"][a:b] = as_str_array(ids_block)
+        ids_block = as_str_array(plan.ids[a:b])
+        f["ids"][a:b] = ids_block
         f["stamps"][a:b] = as_str_array(plan.stamps[a:b])
-        for i in ids_block:
-            hashers["ids"].update(id_bytes(i) + b"\n")
+        hashers["ids"].update(b"".join(i + b"\n" for i in ids_block))
         emit(progress, ProgressEvent("assemble", b, n, elapsed=time.perf_counter() - started))
     return {k: h.hexdigest() for k, h in hashers.items()}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.canonical import canonical_json
+from tlkit.data.records import PackedStrings
 from tlkit.errors import CacheError
 
 if TYPE_CHECKING:
@@ -61,6 +62,13 @@ def read_strings(dataset: Any) -> list[str]:
     """An ``ids`` or ``stamps`` dataset as strings. Ids are stored as the bytes they stand for (UTF-8; a file name
     that is not valid UTF-8 keeps its own bytes), read back surrogate-escaped, so ``os.fsencode(id)`` is the name."""
     return list(dataset.asstr(errors="surrogateescape")[()])
+
+
+def read_packed(dataset: Any, block: int = COPY_ROWS) -> PackedStrings:
+    """An ``ids`` or ``stamps`` dataset as :class:`~tlkit.data.records.PackedStrings` (one buffer, no Python string
+    per row), read block by block so a large cache never has a string object per row in memory."""
+    parts = [PackedStrings.from_bytes(list(dataset[a : a + block])) for a in range(0, int(dataset.shape[0]), block)]
+    return PackedStrings.concat(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

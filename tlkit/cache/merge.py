@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.cache.assemble import AssemblyPlan, assemble
-from tlkit.cache.format import dumps, key_mismatch, timestamp
+from tlkit.cache.format import dumps, key_mismatch, read_packed, timestamp
 from tlkit.cache.reader import FeatureCache
 from tlkit.cache.storage import cache_lock
-from tlkit.cache.virtual import write_virtual
+from tlkit.cache.virtual import VirtualPart, write_virtual
+from tlkit.data.ids import id_from_bytes
+from tlkit.data.records import PackedStrings
 from tlkit.errors import CacheError, FingerprintMismatchError
 from tlkit.fileio import atomic_write_with
 from tlkit.runtime.progress import ProgressCallback
@@ -25,18 +27,33 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Part:
-    """What a merge reads from one part cache (the feature matrices are copied later, block by block)."""
+    """One part cache: its metadata and row count; its ids, labels and stamps are read when a check or a copy
+    needs them (a virtual merge of shards reads none)."""
 
     path: Path
     meta: dict[str, Any]
-    ids: list[str]
-    labels: np.ndarray
-    stamps: list[str]
+    rows: int
+    _columns: tuple[PackedStrings, np.ndarray, PackedStrings] | None = None
 
     @property
     def shard(self) -> dict[str, Any] | None:
         shard = self.meta.get("shard")
         return dict(shard) if shard is not None else None
+
+    def columns(self) -> tuple[PackedStrings, np.ndarray, PackedStrings]:
+        """``(ids, labels, stamps)``, ids and stamps packed (one buffer, no string object per row)."""
+        if self._columns is None:
+            import numpy as np
+
+            with FeatureCache(self.path) as fc:
+                f = fc.file
+                stamps = read_packed(f["stamps"]) if "stamps" in f else PackedStrings.of([""] * self.rows)
+                self._columns = (read_packed(f["ids"]), np.asarray(fc.labels), stamps)
+        return self._columns
+
+    @property
+    def ids(self) -> PackedStrings:
+        return self.columns()[0]
 
 
 def merge_caches(
@@ -60,30 +77,33 @@ def merge_caches(
         raise CacheError("no part caches given to merge")
     read = [_read_part(Path(p)) for p in parts]
     _check_same_key(read)
-    ordered = _shard_order(read) if any(p.shard is not None for p in read) else read
-    _check_disjoint(ordered)
+    shards = any(p.shard is not None for p in read)
+    ordered = _shard_order(read) if shards else read
+    if not (virtual and shards):  # the shards of one run are disjoint by construction (_shard_order checked it)
+        _check_disjoint(ordered)
     if output.exists() and not overwrite:
         raise CacheError(f"{output} exists; pass {{param}} to replace it", param="overwrite")
-    plan = AssemblyPlan(
-        sources=[p.path for p in ordered],
-        src=np.concatenate([np.full(len(p.ids), j, np.int32) for j, p in enumerate(ordered)]),
-        rows=np.concatenate([np.arange(len(p.ids), dtype=np.int64) for p in ordered]),
-        ids=[x for p in ordered for x in p.ids],
-        labels=np.concatenate([p.labels for p in ordered]).astype(np.int64),
-        stamps=[x for p in ordered for x in p.stamps],
-    )
     first = read[0].meta
     meta = _merged_meta(read, ordered)
     layers, n_views, store_dtype = first.get("layers", []), int(first.get("views") or 0), first["store_dtype"]
     if virtual:
         if any(Path(p.path).resolve() == output.resolve() for p in ordered):
             raise CacheError(f"{output} is one of the parts; a virtual merge maps its parts, so write it elsewhere")
-        spec = [(p.path, len(p.ids), str(p.meta.get("run_id", ""))) for p in ordered]
+        spec = [VirtualPart(p.path, p.rows, str(p.meta.get("run_id", "")), dict(p.meta.get("checksums") or {}))
+                for p in ordered]  # fmt: skip
         meta["merged_virtual"] = True
         with cache_lock(output):
-            atomic_write_with(output, lambda tmp: write_virtual(Path(tmp), output, spec, plan.ids, plan.labels,
-                                                               plan.stamps, meta, layers, n_views))  # fmt: skip
+            atomic_write_with(output, lambda tmp: write_virtual(Path(tmp), output, spec, meta, layers, n_views))
         return output
+    columns = [p.columns() for p in ordered]
+    plan = AssemblyPlan(
+        sources=[p.path for p in ordered],
+        src=np.concatenate([np.full(p.rows, j, np.int32) for j, p in enumerate(ordered)]),
+        rows=np.concatenate([np.arange(p.rows, dtype=np.int64) for p in ordered]),
+        ids=PackedStrings.concat([c[0] for c in columns]),
+        labels=np.concatenate([c[1] for c in columns]).astype(np.int64),
+        stamps=PackedStrings.concat([c[2] for c in columns]),
+    )
     with cache_lock(output):
         atomic_write_with(output, lambda tmp: assemble(Path(tmp), plan, meta, layers=layers, n_views=n_views,
                                                        store_dtype=store_dtype, progress=progress))  # fmt: skip
@@ -91,11 +111,8 @@ def merge_caches(
 
 
 def _read_part(path: Path) -> _Part:
-    import numpy as np
-
     with FeatureCache(path) as fc:
-        stamps = list(fc.file["stamps"].asstr()[()]) if "stamps" in fc.file else [""] * len(fc)
-        return _Part(path, fc.meta, fc.ids, np.asarray(fc.labels), stamps)
+        return _Part(path, fc.meta, len(fc))
 
 
 def _check_same_key(parts: Sequence[_Part]) -> None:
@@ -112,13 +129,35 @@ def _check_same_key(parts: Sequence[_Part]) -> None:
 
 
 def _check_disjoint(parts: Sequence[_Part]) -> None:
-    all_ids: set[str] = set()
-    for p in parts:
-        dup = all_ids.intersection(p.ids)
-        if dup:
-            raise CacheError(f"{p.path} overlaps another part ({len(dup)} shared id(s), e.g. {sorted(dup)[0]!r}); "
-                             f"parts must be disjoint")  # fmt: skip
-        all_ids.update(p.ids)
+    """No id in two parts: 64-bit hashes of every id sorted together (8 bytes a row), equal hashes checked exactly."""
+    import numpy as np
+
+    hashes = [np.fromiter((hash(raw) for raw in p.ids.raw_items()), np.int64, count=len(p.ids)) for p in parts]
+    if not hashes:
+        return
+    flat = np.concatenate(hashes)
+    owner = np.concatenate([np.full(len(h), k, np.int32) for k, h in enumerate(hashes)])
+    row = np.concatenate([np.arange(len(h), dtype=np.int64) for h in hashes])
+    order = np.argsort(flat, kind="stable")
+    sorted_hashes = flat[order]
+    same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+    shared: dict[int, set[bytes]] = {}
+    starts = same[np.r_[True, np.diff(same) > 1]] if len(same) else same  # each run of equal hashes
+    for start in starts.tolist():
+        end = start + 1
+        while end < len(order) and sorted_hashes[end] == sorted_hashes[start]:
+            end += 1
+        first_owner: dict[bytes, int] = {}
+        for i in order[start:end].tolist():  # in part order (stable sort): the later part is the one that overlaps
+            raw = parts[int(owner[i])].ids.raw(int(row[i]))
+            if raw in first_owner and first_owner[raw] != int(owner[i]):
+                shared.setdefault(int(owner[i]), set()).add(raw)
+            first_owner.setdefault(raw, int(owner[i]))
+    if shared:
+        k = min(shared)
+        dup = sorted(shared[k])
+        raise CacheError(f"{parts[k].path} overlaps another part ({len(dup)} shared id(s), e.g. "
+                         f"{id_from_bytes(dup[0])!r}); parts must be disjoint")  # fmt: skip
 
 
 def _merged_meta(parts: Sequence[_Part], ordered: Sequence[_Part]) -> dict[str, Any]:
@@ -176,7 +215,7 @@ def _check_shards_cover(parts: Sequence[_Part]) -> None:
     limit = ds.get("limit")
     expected = min(int(ds["records"]), int(limit)) if limit is not None else int(ds["records"])
     skips = [sum(1 for s in m.get("skipped", []) if "stamp" in s) for m in metas]  # item skips; listing ones have none
-    covered = sum(len(p.ids) for p in parts) + sum(skips)
+    covered = sum(p.rows for p in parts) + sum(skips)
     if covered != expected:
         raise CacheError(f"the shards hold {covered} of the {expected} items of {ds.get('root')}; they are not "
                          f"complete, rerun every --shard I/N with the same input and options")  # fmt: skip

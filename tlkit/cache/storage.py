@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tlkit.cache.format import lock_path_for
 from tlkit.data.ids import id_bytes
+from tlkit.data.records import PackedStrings
 from tlkit.errors import CacheError
 from tlkit.fileio import describe_holder, lock_holder, output_file, writer_lock
 
@@ -70,6 +71,10 @@ def str_dtype() -> Any:
 def as_str_array(items: Sequence[str]) -> np.ndarray:
     import numpy as np
 
+    if isinstance(items, PackedStrings):
+        out = np.empty(len(items), dtype=object)
+        out[:] = list(items.raw_items())
+        return out
     return np.array([id_bytes(s) for s in items], dtype=object)  # non-UTF-8 names keep their bytes
 
 
@@ -87,7 +92,11 @@ def chunk_rows(row_bytes: int, n_rows: int) -> int:
 def estimate_bytes(n: int, width: int, itemsize: int, strings: Sequence[Sequence[str]], extra: int = 0) -> int:
     """A generous size for a file of ``n`` rows: numeric data, variable-length strings (about 48 bytes of heap
     overhead each), chunk indexes and metadata."""
-    text = sum(48 + len(id_bytes(s)) for column in strings for s in column)
+    text = sum(
+        48 * len(column)
+        + (column.nbytes if isinstance(column, PackedStrings) else sum(len(id_bytes(s)) for s in column))
+        for column in strings
+    )
     data = n * width * itemsize + 8 * n
     return int((data + text) * 1.05) + extra + (64 << 10)
 

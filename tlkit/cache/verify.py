@@ -131,25 +131,42 @@ def _check_contents(f: h5py.File, meta: dict[str, Any], rep: VerifyReport, check
     if bad:
         rep.problems.append(f"{bad} label(s) outside -1..{k - 1}")
     nonfinite = 0
-    sums = meta.get("checksums", {}) if checksums else {}
-    hashers = {name: hashlib.sha256() for name in sums}
     datasets = ["features", *(f"layers/{layer_key(x)}" for x in meta.get("layers", []))]
-    for a in range(0, n, COPY_ROWS):
-        for name in datasets:
-            block = f[name][a : a + COPY_ROWS]
-            nonfinite += int((~np.isfinite(block)).any(axis=1).sum()) if name == "features" else 0
-            if name in hashers:
-                hashers[name].update(le_bytes(block))
-        for kk in range(int(meta.get("views") or 0)):
-            if f"views/{kk}" in hashers:
-                hashers[f"views/{kk}"].update(le_bytes(f["views"][kk, a : a + COPY_ROWS]))
-    if "ids" in hashers:
-        for i in ids:
-            hashers["ids"].update(id_bytes(i) + b"\n")
-    if "labels" in hashers:
-        hashers["labels"].update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    for name, h in hashers.items():
-        if h.hexdigest() != sums[name]:
-            rep.problems.append(f"checksum mismatch in {name}: the data changed after it was written")
+    for a, b, sums in _spans(meta, n, checksums):
+        hashers = {name: hashlib.sha256() for name in sums}
+        for start in range(a, b, COPY_ROWS):
+            end = min(start + COPY_ROWS, b)
+            for name in datasets:
+                block = f[name][start:end]
+                nonfinite += int((~np.isfinite(block)).any(axis=1).sum()) if name == "features" else 0
+                if name in hashers:
+                    hashers[name].update(le_bytes(block))
+            for kk in range(int(meta.get("views") or 0)):
+                if f"views/{kk}" in hashers:
+                    hashers[f"views/{kk}"].update(le_bytes(f["views"][kk, start:end]))
+        if "ids" in hashers:
+            hashers["ids"].update(b"".join(id_bytes(i) + b"\n" for i in ids[a:b]))
+        if "labels" in hashers:
+            hashers["labels"].update(np.ascontiguousarray(labels[a:b], dtype="<i8").tobytes())
+        where = f" (rows {a}..{b - 1}, a part of this virtual merge)" if meta.get("virtual") and sums else ""
+        for name, h in hashers.items():
+            if h.hexdigest() != sums[name]:
+                rep.problems.append(f"checksum mismatch in {name}{where}: the data changed after it was written")
     if nonfinite:
         rep.warnings.append(f"{nonfinite} row(s) of features contain NaN or inf")
+
+
+def _spans(meta: dict[str, Any], n: int, checksums: bool) -> list[tuple[int, int, dict[str, str]]]:
+    """``(first row, end row, checksums)`` to verify: the whole file against its own checksums, or, for a virtual
+    merge that records its parts' checksums, each part's rows (read through the mapping) against that part's."""
+    if not checksums:
+        return [(0, n, {})]
+    parts = meta.get("virtual") or []
+    if not parts or not all("checksums" in p for p in parts):
+        return [(0, n, dict(meta.get("checksums", {})))]
+    spans, a = [], 0
+    for part in parts:
+        rows = int(part["rows"])
+        spans.append((a, a + rows, dict(part["checksums"])))
+        a += rows
+    return spans

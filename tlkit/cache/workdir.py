@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from tlkit.cache.format import (
     WORK_SUFFIX,
     dumps,
     layer_key,
-    read_strings,
+    read_packed,
     work_dir_for,
 )
 from tlkit.cache.storage import (
@@ -52,8 +52,8 @@ class Segment:
     path: Path
     seq: int
     rows: int
-    ids: list[str]
-    stamps: list[str]
+    ids: Sequence[str]  # PackedStrings: one buffer, no string object per row
+    stamps: Sequence[str]
     skipped: list[dict[str, str]]
     flags: dict[str, int]
     window: int
@@ -147,8 +147,8 @@ class WorkDir:
     def _read_segment(p: Path) -> Segment:
         with h5py_module().File(p, "r") as f:
             info = json.loads(f.attrs[SEGMENT_ATTR])
-            ids = read_strings(f["ids"])
-            stamps = list(f["stamps"].asstr()[()])
+            ids = read_packed(f["ids"])
+            stamps = read_packed(f["stamps"])
             if len(ids) != info["rows"] or f["features"].shape[0] != info["rows"] or len(stamps) != len(ids):
                 raise CacheError(f"{p}: row counts disagree")
         return Segment(p, int(p.stem.split("-")[1]), int(info["rows"]), ids, stamps, info["skipped"], info["flags"],

@@ -137,8 +137,12 @@ def heads_cmd(as_json: bool) -> None:
 @click.option("--adapter", metavar="SPEC", help="With adapters (lora:r=8,…): adapter parameters per block.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def blocks_cmd(name: str, weights: str, unfreeze: str | None, adapter: str | None, as_json: bool) -> None:
-    """Show a backbone's named blocks, earliest first, with parameter counts."""
+    """Show a backbone's named blocks, earliest first, with parameter counts.
+
+    Remembered on disk with the backbone's description (as `tlkit backbones info`), so asking again imports no model
+    library."""
     from tlkit.host.api import get_backbone
+    from tlkit.host.describe import describe_blocks
 
     bb = get_backbone(name, weights=weights)
     if unfreeze or adapter:
@@ -146,8 +150,10 @@ def blocks_cmd(name: str, weights: str, unfreeze: str | None, adapter: str | Non
 
         show_freeze_preview(bb, unfreeze or "all", as_json, adapter=adapter)
         return
-    blocks = bb.output_blocks()  # a block whose output never reaches the embedding is not offered
-    rows: list[list[Any]] = [[i, b.name, b.n_params(bb.module), len(b.params)] for i, b in enumerate(blocks)]
+    # From the description memo when it holds the backbone (no model library imported); a block whose output never
+    # reaches the embedding is not offered.
+    blocks = [b for b in describe_blocks(bb) if b.reaches_output]
+    rows: list[list[Any]] = [[i, b.name, b.params, b.tensors] for i, b in enumerate(blocks)]
     if as_json:
         echo_json([{"index": r[0], "name": r[1], "params": r[2], "tensors": r[3]} for r in rows])
         return

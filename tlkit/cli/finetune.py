@@ -19,6 +19,8 @@ from tlkit.runtime.policy import PRECISIONS, option_help
 PATH = click.Path(path_type=pathlib.Path)
 EXISTING = click.Path(exists=True, path_type=pathlib.Path)
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: The ``--adapter`` specs, in the help of ``finetune`` and ``lr-find`` (which train the same parameters).
+ADAPTER_SPECS = "lora[:r=8,alpha=16,dropout=0.05,targets=GLOB+GLOB], ia3, loha, lokr (needs peft: pip install peft)"
 
 
 def auto_or_count(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -170,8 +172,7 @@ class _Progress:
 @click.option(
     "--adapter",
     metavar="SPEC",
-    help="Train peft adapters in the blocks --unfreeze/--schedule name, base weights frozen: "
-    "lora[:r=8,alpha=16,dropout=0.05,targets=GLOB+GLOB], ia3, loha, lokr (needs peft: pip install peft).",
+    help=f"Train peft adapters in the blocks --unfreeze/--schedule name, base weights frozen: {ADAPTER_SPECS}.",
 )
 @click.option("--schedule", metavar="PHASES", help='Explicit phases, e.g. "head:2,last:1:2,last:3:4".')
 @click.option("--gradual", is_flag=True, help="Unfreeze one more block (top-down) every --gradual-every epochs.")
@@ -193,7 +194,11 @@ class _Progress:
 )
 @click.option("--accumulate", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @precision_option("finetune")
-@click.option("--augment", help="Training augmentation: default (the backbone's), none, or a plugin policy.")
+@click.option(
+    "--augment",
+    help="Image training augmentation: light (crop 0.7-1 and flip, the default), strong (light + RandAugment + "
+    "random erasing), default, none, randaugment, trivialaugment, ... or a plugin policy.",
+)
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)
 @click.option("--init-head", type=EXISTING, help="Start from a head run of tlkit train (LP-FT).")
 @click.option(
@@ -207,6 +212,10 @@ class _Progress:
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0 = off).")
 @click.option("--grad-checkpointing", is_flag=True, help="Trade compute for memory where the backbone supports it.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup Beta(α, α) on image batches; 0 = off.")
+@click.option(
+    "--cutmix", type=float, default=0.0, show_default=True, help="CutMix Beta(α, α) on image batches; 0 = off."
+)
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=option_help("device", "finetune"))
@@ -306,13 +315,21 @@ def _report(result: Any, as_json: bool) -> None:
 @click.option("-o", "--output", type=PATH, default=pathlib.Path("lr_find.png"), show_default=True, help="Plot file.")
 @click.option("--unfreeze", default="all", show_default=True, metavar="SPEC",
               help="Blocks trained in the test (finetune's default: every block).")  # fmt: skip
+@click.option(
+    "--adapter",
+    metavar="SPEC",
+    help=f"Test the adapters tlkit finetune --adapter would train (in the --unfreeze blocks, base frozen): "
+    f"{ADAPTER_SPECS}.",
+)
 @click.option("--start-lr", type=float, default=1e-7, show_default=True)
 @click.option("--end-lr", type=float, default=1.0, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--weights", help="pretrained (default), none, or a local path.")
 @preprocess_options()
 @click.option("--head", help="Head type (default linear, started from a linear probe as tlkit finetune's).")
-@click.option("--backbone-lr-ratio", type=float, help="Backbone rate = head rate × this (default 0.1).")
+@click.option(
+    "--backbone-lr-ratio", type=float, help="Backbone rate = head rate × this (default 0.1, text 0.03, adapters 0.5)."
+)
 @click.option("--layer-decay", type=float)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bn-policy", type=click.Choice(["frozen", "affine", "train"]), default="affine", show_default=True)
@@ -332,7 +349,13 @@ def lr_find_cmd(
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Learning-rate range test: plot loss against the head rate (backbone scaled) and suggest a rate."""
+    """Learning-rate range test: plot loss against the head rate (backbone scaled) and suggest a rate. It trains what
+    tlkit finetune would with the same --unfreeze and --adapter.
+
+    \b
+    tlkit lr-find timm/resnet18 data/train
+    tlkit lr-find hf/sentence-transformers/all-MiniLM-L6-v2 train.csv --adapter lora
+    """
     import contextlib
 
     from tlkit.cli.train import ExtractProgress
@@ -350,6 +373,9 @@ def lr_find_cmd(
                 "steepest_lr": result.steepest_lr,
                 "min_loss_lr": result.min_loss_lr,
                 "diverged": result.diverged,
+                "unfreeze": result.unfreeze,
+                "adapter": result.adapter,
+                "trainable_params": result.trainable_params,
                 "lrs": result.lrs,
                 "losses": result.losses,
                 "plot": str(result.plot),
@@ -361,6 +387,7 @@ def lr_find_cmd(
     from tlkit.contract.image import preprocess_args
 
     args = (["--weights", weights] if weights else []) + preprocess_args(preprocess)
+    args += ["--adapter", result.adapter] if result.adapter else []
     carried = "".join(" " + shlex.quote(arg) for arg in args)
     click.echo(
         f"next: tlkit finetune {shlex.quote(backbone)} {shlex.quote(str(train))} -o RUN_DIR{carried} "

@@ -5,7 +5,7 @@ A backbone's ``augment`` option is one of:
 - ``None`` or ``"default"``: a gentle random resized crop (scale 0.35-1), horizontal flip and colour jitter. Transfer
   datasets are small, and ImageNet training's crop scale (0.08-1) loses too much of each image;
 - ``"none"``: no augmentation (the evaluation transform);
-- a preset name from :data:`AUGMENT_PRESETS` (``"light"``, ``"randaugment"``, ...);
+- a preset name from :data:`AUGMENT_PRESETS` (``"light"``, ``"strong"``, ``"randaugment"``, ...);
 - a mapping of :data:`AUGMENT_KEYS` (``{"scale": (0.9, 1.0), "re_prob": 0.25}``), applied over the default preset.
 
 :func:`parse_augment` validates a value and returns the options; each backbone turns them into its library's
@@ -34,6 +34,9 @@ _DEFAULT: dict[str, Any] = {"scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(_DEFAULT),
     "light": {"scale": (0.7, 1.0), "hflip": 0.5, "color_jitter": 0.0},
+    # light, plus RandAugment and random erasing: the regularisation of timm's fine-tuning recipes, for data that
+    # overfits the light policy (tlkit advise recommends it for upscaled low-resolution images)
+    "strong": {"scale": (0.7, 1.0), "hflip": 0.5, "color_jitter": 0.0, "auto_augment": "randaugment", "re_prob": 0.25},
     **{name: {"scale": (0.35, 1.0), "hflip": 0.5, "auto_augment": name} for name in AUTO_AUGMENT_POLICIES},
 }
 

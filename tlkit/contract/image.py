@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from tlkit.contract.backbone import Backbone
-from tlkit.contract.pixels import resize_side, uint8_pipeline
+from tlkit.contract.pixels import Uint8Pipeline, resize_side, uint8_pipeline
 from tlkit.data.image import as_rgb_image
 from tlkit.errors import ConfigError, FingerprintMismatchError
 
@@ -57,11 +57,27 @@ class ImageBackbone(Backbone):
         augmentation) runs on ``uint8`` tensors, the same steps with torchvision's tensor kernels
         (:mod:`tlkit.contract.pixels`: equal to Pillow's up to rounding), so ``augment="none"`` trains on exactly what
         evaluation sees."""
+        return self._transform(train)(as_rgb_image(item))
+
+    def pixel_pipeline(self) -> Uint8Pipeline | None:
+        """The evaluation preprocessing split for batch work, or ``None``: the :class:`~tlkit.contract.pixels.
+        Uint8Pipeline` whose ``pixels`` makes an item's ``uint8`` crop and whose ``batch`` makes a
+        :class:`~tlkit.contract.pixels.PixelBatch`, normalised where the model runs. Extraction uses it instead of
+        :meth:`preprocess_item` and :meth:`collate` (the same numbers, a fraction of the copies). ``None`` when the
+        evaluation transform is not a standard pipeline, or when a subclass overrides ``preprocess_item`` or
+        ``collate`` (its own preprocessing is then used as it is)."""
+        own = type(self)
+        if own.preprocess_item is not ImageBackbone.preprocess_item or own.collate is not Backbone.collate:
+            return None
+        transform = self._transform(False)
+        return transform if isinstance(transform, Uint8Pipeline) else None
+
+    def _transform(self, train: bool) -> Callable[[Any], Any]:
         transforms: dict[bool, Callable[[Any], Any]] = self.__dict__.setdefault("_transforms", {})
         if train not in transforms:
             transform = self.make_transform(train)
             transforms[train] = uint8_pipeline(transform) or transform
-        return transforms[train](as_rgb_image(item))
+        return transforms[train]
 
     def decode_size(self) -> int | None:
         """The side the evaluation transform resizes an image's shortest side to, so a large JPEG may be decoded at

@@ -13,6 +13,7 @@ from typing import Any
 
 from tlkit.data.base import Reader, Record
 from tlkit.data.listing import os_error_reason
+from tlkit.data.urls import read_item
 from tlkit.errors import BadItemError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
@@ -50,7 +51,7 @@ class AudioReader(Reader):
             return None
 
     def load(self, record: Record) -> AudioClip:
-        return decode_audio(record.source, record.id)
+        return decode_audio(read_item(record.source, record.id), record.id)  # a URL's bytes, or the path
 
 
 def decode_audio(path: str | Path | bytes, item_id: str | None = None) -> AudioClip:

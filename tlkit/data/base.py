@@ -11,30 +11,22 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tlkit.data.listing import Skipped as Skipped  # re-exported: readers and the engine import it from here
 from tlkit.data.listing import check_not_splits, os_error_reason, walk
-from tlkit.data.tables import Rows, csv_rows, read_text_file
+from tlkit.data.records import Record as Record  # re-exported: defined with the table that holds records
+from tlkit.data.records import RecordTable, id_label_stamp, take
+from tlkit.data.remote import is_url
+from tlkit.data.tables import Rows, csv_rows, decode_text, read_text_file
+from tlkit.data.urls import RemoteFile, file_stamp_of, join, list_folder, local_path, read_text
 from tlkit.errors import BadInputError, BadItemError
 
 UNLABELLED = -1
 ON_ERROR_CHOICES = ("skip", "fail")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One item: ``id`` is stable across runs (a relative path, ``file.csv:row``); ``source`` is what
-    :meth:`Reader.load` decodes (a path or the text itself); ``label`` is a class index or -1."""
-
-    id: str
-    source: Any
-    label: int = UNLABELLED
-    length: int | None = None  # a size for length bucketing (characters, audio frames), when cheap to know
-    stamp: str = ""  # what changes when the item's content changes (size and mtime for files)
 
 
 @dataclass
@@ -44,13 +36,15 @@ class Dataset:
     root: Path | str  # a URL or a pattern (``shards/{0..9}.tar``) stays a string
     reader: str
     modality: str
-    records: list[Record]
+    records: Sequence[Record]  # a list, or a RecordTable (tlkit.data.records) for large listings
     class_names: list[str]
     skipped: list[Skipped] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
+        if isinstance(self.records, RecordTable):
+            return bool((self.records.labels != UNLABELLED).any())
         return any(r.label != UNLABELLED for r in self.records)
 
     def __len__(self) -> int:
@@ -60,8 +54,8 @@ class Dataset:
         """A hash of ids, labels, class names and item stamps: it changes when the data changes."""
         h = hashlib.sha256()
         h.update(json.dumps({"classes": self.class_names, "reader": self.reader}, sort_keys=True).encode())
-        for r in self.records:
-            h.update(f"{r.id}\0{r.label}\0{r.stamp}\n".encode("utf-8", "surrogateescape"))
+        for rid, label, stamp in id_label_stamp(self.records):
+            h.update(f"{rid}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()[:32]
 
     def subset(self, indices: Sequence[int]) -> Dataset:
@@ -69,7 +63,7 @@ class Dataset:
             self.root,
             self.reader,
             self.modality,
-            [self.records[i] for i in indices],
+            take(self.records, indices),
             list(self.class_names),
             list(self.skipped),
             dict(self.options),
@@ -84,7 +78,10 @@ class Reader(ABC):
     extensions: tuple[str, ...] = ()
 
     def can_read(self, path: Path) -> bool:
-        """Whether this reader understands ``path`` (used to pick a reader for a modality)."""
+        """Whether this reader understands ``path`` (used to pick a reader for a modality). A URL is taken as a
+        folder or a manifest (:mod:`tlkit.data.urls`); stream readers, asked first, take the URLs of their formats."""
+        if isinstance(path, str) and is_url(path):
+            return True
         path = Path(path)
         if path.is_dir():
             return True
@@ -92,7 +89,13 @@ class Reader(ABC):
 
     def scan(self, path: str | os.PathLike[str], **options: Any) -> Dataset:
         """Index ``path`` without decoding items. The default handles the file-based layouts: a folder with
-        one subfolder per class, a flat folder (unlabelled), or a manifest CSV with ``path,label``."""
+        one subfolder per class, a flat folder (unlabelled), or a manifest CSV with ``path,label``; each may be a
+        local path or an fsspec URL (:mod:`tlkit.data.urls`)."""
+        if isinstance(path, str) and is_url(path):
+            local = local_path(path)
+            if local is None:
+                return self._scan_url(path, options)
+            path = local
         path = Path(path).expanduser()
         if not path.exists():
             raise BadInputError(f"{path}: no such file or directory; check the input path")
@@ -132,36 +135,67 @@ class Reader(ABC):
         top = walk(root, root, self._is_item_name, top=True)
         if top.skipped and top.skipped[0].id == "./":
             raise BadInputError(f"{root}: {top.skipped[0].reason}")
-        exts = ", ".join(self.extensions)
         found = [(name, walk(root, d, self._is_item_name)) for name, d in top.folders]
-        skipped = list(top.skipped)
-        if not any(listing.files for _, listing in found):
-            for _, listing in found:
-                skipped += listing.skipped
-            if not top.files:
+        return self._folder_dataset(
+            root, top.files, top.skipped, [(name, listing.files, listing.skipped) for name, listing in found],
+            options, lambda f, label: self._record(root, f.path, label, f.stamp),
+        )  # fmt: skip
+
+    def _scan_url(self, url: str, options: dict[str, Any]) -> Dataset:
+        """A folder or a manifest at an fsspec URL: listed (or read) through fsspec, items read as bytes."""
+        if url.lower().rstrip("/").endswith((".csv", ".tsv", ".tab")):
+            return self._scan_manifest(url, options)
+        top, folders = list_folder(url)
+
+        def items(files: list[RemoteFile]) -> list[RemoteFile]:
+            return [f for f in files if self._is_item_name(f.id.rsplit("/", 1)[-1])]
+
+        found: list[tuple[str, list[RemoteFile], list[Skipped]]] = [(n, items(f), []) for n, f in folders]
+        return self._folder_dataset(url, items(top), [], found, options,
+                                    lambda f, label: Record(f.id, f.url, label, None, f.stamp))  # fmt: skip
+
+    def _folder_dataset(
+        self,
+        root: Path | str,
+        top_files: Sequence[Any],
+        top_skipped: Sequence[Skipped],
+        found: Sequence[tuple[str, Sequence[Any], Sequence[Skipped]]],
+        options: dict[str, Any],
+        make: Callable[[Any, int], Record],
+    ) -> Dataset:
+        """The layout rules of a folder, local or at a URL: ``top_files`` are the files beside the sub-folders,
+        ``found`` each first-level sub-folder's files (with the skips met listing it); ``make`` turns a file and
+        a label into a record."""
+        exts = ", ".join(self.extensions)
+        skipped = list(top_skipped)
+        if not any(files for _, files, _ in found):
+            for _, _, skips in found:
+                skipped += skips
+            if not top_files:
                 why = f" ({len(skipped)} skipped, first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
                 raise BadInputError(
                     f"{root}: no {self.modality} files found ({exts}){why}; check the path and extensions"
                 )
-            flat = [self._record(root, f.path, UNLABELLED, f.stamp) for f in top.files]
+            flat = [make(f, UNLABELLED) for f in top_files]
             return Dataset(root, self.name, self.modality, flat, [], skipped, _jsonable(options))
-        empty = [name for name, listing in found if not listing.files and not listing.skipped]
+        empty = [name for name, files, skips in found if not files and not skips]
         if empty:
             raise BadInputError(
                 f"{root}: class folder(s) {', '.join(empty)} contain no {self.modality} files ({exts}); "
                 f"add files or remove the folder(s)"
             )
+        folder = os.path.basename(str(root).rstrip("/"))
         skipped += [
-            Skipped(f.path.name, f"outside the class folders (the sub-folders of {root.name} are the classes); "
-                    "move it into a class folder")
-            for f in top.files
+            Skipped(make(f, UNLABELLED).id, f"outside the class folders (the sub-folders of {folder} are the "
+                    "classes); move it into a class folder")
+            for f in top_files
         ]  # fmt: skip
         classes: list[str] = []
         records = []
-        for name, listing in found:
-            skipped += listing.skipped
-            if listing.files:
-                records += [self._record(root, f.path, len(classes), f.stamp) for f in listing.files]
+        for name, files, skips in found:
+            skipped += skips
+            if files:
+                records += [make(f, len(classes)) for f in files]
                 classes.append(name)
         check_not_splits(root, classes, options)  # data/ holding train/ and test/: the splits are not the labels
         if len(classes) == 1 and not options.get("allow_single_class"):
@@ -171,9 +205,10 @@ class Reader(ABC):
             )
         return Dataset(root, self.name, self.modality, records, classes, skipped, _jsonable(options))
 
-    def _scan_manifest(self, manifest: Path, options: dict[str, Any]) -> Dataset:
-        """A ``path[,label]`` CSV. Relative paths are relative to the manifest's folder; absolute paths are used
-        as they are. A path listed twice is a skip record (same label) or an error naming both lines."""
+    def _scan_manifest(self, manifest: Path | str, options: dict[str, Any]) -> Dataset:
+        """A ``path[,label]`` CSV, local or at a URL. Relative paths are relative to the manifest's folder (or
+        URL); absolute paths and URLs are used as they are. A path listed twice is a skip record (same label) or an
+        error naming both lines."""
         path_col = options.get("path_column", "path")
         label_col = options.get("label_column", "label")
         columns, rows, skipped = read_rows(manifest)
@@ -187,18 +222,24 @@ class Reader(ABC):
         has_labels = label_col in columns
         labels = sorted({r[label_col] for _, r in rows if r.get(label_col)}) if has_labels else []
         index = {name: i for i, name in enumerate(labels)}
-        base = manifest.parent
+        remote = isinstance(manifest, str)
+        base = manifest.parent if isinstance(manifest, Path) else manifest[: manifest.rfind("/") + 1]
+        name = os.path.basename(str(manifest))
         records = []
         first: dict[str, tuple[int, int]] = {}  # normalised path -> (line, label) of its first listing
         for line, row in rows:
             rel = (row.get(path_col) or "").strip()
             if not rel:
-                skipped.append(Skipped(f"{manifest.name}:{line}", "empty path"))
+                skipped.append(Skipped(f"{name}:{line}", "empty path"))
                 continue
-            p = Path(rel).expanduser()
-            p = p if p.is_absolute() else base / p
             label = index[row[label_col]] if has_labels and row.get(label_col) else UNLABELLED
-            where = os.path.normpath(p)
+            local = local_path(rel) if is_url(rel) else Path(rel).expanduser()
+            url = None
+            if local is None or (remote and not local.is_absolute()):
+                url = join(str(base), rel)  # a URL, or a path relative to the manifest's URL
+            elif not local.is_absolute() and isinstance(base, Path):
+                local = base / local
+            where = url if url is not None else os.path.normpath(str(local))
             if where in first:
                 line0, label0 = first[where]
                 if label0 != label:
@@ -206,17 +247,26 @@ class Reader(ABC):
                         f"{manifest}:{line}: {rel} is listed again with another label (first at line {line0}); "
                         "keep one line per item"
                     )
-                skipped.append(Skipped(f"{manifest.name}:{line}", f"duplicate of line {line0} ({rel}); left out"))
+                skipped.append(Skipped(f"{name}:{line}", f"duplicate of line {line0} ({rel}); left out"))
                 continue
             first[where] = (line, label)
-            records.append(self._record(base, p, label, item_id=rel))
+            if url is not None:
+                records.append(Record(rel, url, label, None, file_stamp_of(url)))
+            else:
+                records.append(self._record(Path(str(local)).parent, Path(str(local)), label, item_id=rel))
         return Dataset(manifest, self.name, self.modality, records, labels, skipped, _jsonable(options))
 
 
-def read_rows(path: Path) -> tuple[list[str], Rows, list[Skipped]]:
-    """Header, ``(line, row)`` pairs and skip records of a CSV/TSV file; problems name the line."""
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    return csv_rows(path, read_text_file(path), delimiter)
+def read_rows(path: Path | str) -> tuple[list[str], Rows, list[Skipped]]:
+    """Header, ``(line, row)`` pairs and skip records of a CSV/TSV file (a local path or a URL); problems name the
+    line."""
+    delimiter = "\t" if str(path).lower().endswith((".tsv", ".tab")) else ","
+    if isinstance(path, str) and is_url(path):
+        local = local_path(path)
+        text = read_text_file(local) if local is not None else decode_text(path, read_text(path))
+    else:
+        text = read_text_file(Path(path))
+    return csv_rows(path, text, delimiter)
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:

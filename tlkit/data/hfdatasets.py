@@ -14,18 +14,20 @@ One row is one item, with id ``SPLIT:ROW`` (``train:17``; a plain ``Dataset`` us
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import Dataset, Record, Skipped
 from tlkit.data.remote import filesystem, is_url
-from tlkit.data.streams import Entry, StreamReader, label_text, option
+from tlkit.data.streams import Entry, StreamReader, label_text, option, text_row
 from tlkit.errors import BadInputError, BadItemError
 
 MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 DEFAULT_LABEL = "label"
+#: Rows whose label (and text) cells are read at a time while listing.
+BLOCK_ROWS = 65536
 
 
 def is_saved_dataset(location: str) -> bool:
@@ -59,32 +61,35 @@ class HFDatasetsReader(StreamReader):
             raise BadInputError(f"{location}: no column {label!r}; columns are {', '.join(names)} (set {{param}})",
                                 param="label_column")  # fmt: skip
         class_names = None
-        raw_labels: list[Any] = [None] * len(ds)
         if label is not None:
             feature = ds.features[label]
-            raw_labels = ds.data.column(label).to_pylist()
             if hasattr(feature, "names") and hasattr(feature, "int2str"):  # a ClassLabel
                 class_names = list(feature.names)
-                raw_labels = [class_names[v] if isinstance(v, int) and 0 <= v < len(class_names) else None
-                              for v in raw_labels]  # fmt: skip
         prefix = split or Path(location.rstrip("/")).name
         fingerprint = str(getattr(ds, "_fingerprint", "") or "")
-        texts = ds.data.column(column).to_pylist() if self.modality == "text" else None
-        entries: list[Entry] = []
         skipped: list[Skipped] = []
-        for i, raw in enumerate(raw_labels):
-            rid = f"{prefix}:{i}"
-            name = label_text(raw)
-            length, stamp = None, f"{fingerprint}:{name}"
-            if texts is not None:
-                body = texts[i]
-                if body is None or not str(body).strip():
-                    skipped.append(Skipped(rid, f"empty {column!r}"))
-                    continue
-                length = len(str(body))
-                stamp = hashlib.sha1(f"{name}\0{body}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-            entries.append((rid, (location, split, i, column), name, length, stamp))
-        return self.dataset(location, entries, skipped, options, class_names)
+
+        def entries() -> Iterator[Entry]:  # in blocks of rows: the label (and text) column is never all in memory
+            for a in range(0, len(ds), BLOCK_ROWS):
+                n = min(BLOCK_ROWS, len(ds) - a)
+                raw_labels: list[Any] = ds.data.column(label).slice(a, n).to_pylist() if label else [None] * n
+                if class_names is not None:
+                    raw_labels = [class_names[v] if isinstance(v, int) and 0 <= v < len(class_names) else None
+                                  for v in raw_labels]  # fmt: skip
+                texts = ds.data.column(column).slice(a, n).to_pylist() if self.modality == "text" else None
+                for k, raw in enumerate(raw_labels):
+                    i = a + k
+                    rid = f"{prefix}:{i}"
+                    name = label_text(raw)
+                    length, stamp = None, f"{fingerprint}:{name}"
+                    if texts is not None:
+                        row = text_row(rid, name, texts[k], column, skipped)
+                        if row is None:
+                            continue
+                        length, stamp = row
+                    yield rid, (location, split, i, column), name, length, stamp
+
+        return self.dataset(location, entries(), skipped, options, class_names)
 
     def _load(self, location: str, split: str | None) -> tuple[Any, str | None]:
         datasets = self.library()

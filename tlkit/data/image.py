@@ -11,6 +11,7 @@ from typing import Any
 
 from tlkit.data.base import Dataset, Reader, Record, read_rows
 from tlkit.data.listing import os_error_reason
+from tlkit.data.urls import read_item
 from tlkit.errors import BadInputError, BadItemError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -23,11 +24,13 @@ class ImageReader(Reader):
     name = "image"
     modality = "image"
     extensions = IMAGE_EXTENSIONS
+    #: ``load`` returns :func:`decode_image`'s result unchanged, so under :func:`pixel_decoding` it may be a tensor.
+    returns_decoded_images = True
 
     def load(self, record: Record) -> Any:
-        return decode_image(record.source, record.id)
+        return decode_image(read_item(record.source, record.id), record.id)  # a URL's bytes, or the path
 
-    def _scan_manifest(self, manifest: Path, options: dict[str, Any]) -> Dataset:
+    def _scan_manifest(self, manifest: Path | str, options: dict[str, Any]) -> Dataset:
         """A manifest of image paths; a table without its path column says what it is instead (a text table, or
         image paths under another column name)."""
         try:
@@ -38,7 +41,7 @@ class ImageReader(Reader):
             raise not_a_manifest(manifest, exc) from None
 
 
-def not_a_manifest(manifest: Path, exc: BadInputError) -> BadInputError:
+def not_a_manifest(manifest: Path | str, exc: BadInputError) -> BadInputError:
     """The error for a CSV without a ``path`` column given to an image backbone: the column that holds image file
     names, when one does (set ``path_column``), else that this is a table of something else (text) and an image
     backbone takes images. ``exc`` is the reader's own error, kept when the file cannot be read again."""
@@ -77,7 +80,9 @@ def decode_image(
     ``min_side`` (default: the enclosing :func:`reduced_decoding` block's, else ``None``): a JPEG whose shortest side
     is at least twice ``min_side`` is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, Pillow's
     ``draft``), the largest reduction that keeps its shortest side at least ``min_side``. Other formats, and
-    ``None``, decode at full size."""
+    ``None``, decode at full size.
+
+    Inside a :func:`pixel_decoding` block the result is the same pixels as a ``uint8`` tensor ``[3, H, W]``."""
     import io
     import warnings
 
@@ -85,16 +90,26 @@ def decode_image(
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     item_id = item_id or ("image bytes" if isinstance(path, bytes) else str(path))
+    pixels = _PIXELS.get()
+    side = _MIN_SIDE.get() if min_side is None else min_side
     try:
-        if (len(path) if isinstance(path, bytes) else os.path.getsize(path)) == 0:
+        data = path if isinstance(path, bytes) else _read(path) if pixels else None  # pixels: one read, no stat
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise BadItemError(item_id, "empty file (0 bytes)")
+        if pixels and data is not None:
+            fast = _jpeg_pixels(data, side)
+            if fast is not None:
+                return fast
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 im.seek(0)
-                _draft(im, _MIN_SIDE.get() if min_side is None else min_side)
+                if im.width * im.height > MAX_IMAGE_PIXELS:  # explicit: warning filters are not thread-safe
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height}")
+                _draft(im, side)
                 im.load()
-                return to_rgb(ImageOps.exif_transpose(im))
+                rgb = to_rgb(ImageOps.exif_transpose(im))
+                return _to_pixels(rgb) if pixels else rgb
     except BadItemError:
         raise
     except FileNotFoundError as exc:
@@ -135,10 +150,109 @@ def reduced_decoding(resize_side: int | None) -> Iterator[None]:
         _MIN_SIDE.reset(token)
 
 
+_PIXELS: contextvars.ContextVar[bool] = contextvars.ContextVar("tlkit_decode_pixels", default=False)
+
+
+@contextlib.contextmanager
+def pixel_decoding(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`decode_image` returns the RGB image as a ``uint8`` tensor ``[3, H, W]`` (HWC in
+    memory, as the tensor kernels of :meth:`tlkit.contract.pixels.Uint8Pipeline.pixels` read it fastest) instead of a
+    PIL image: baseline and progressive JPEGs that are not decoded at a reduced size go straight from libjpeg-turbo to
+    the tensor (``torchvision.io.decode_jpeg``, EXIF orientation applied; the same pixels as Pillow's, without the
+    PIL image and its copies); everything else is decoded as usual and converted. Only the extraction loader asks for
+    it, and only from readers that declare they return :func:`decode_image`'s result as it is
+    (``returns_decoded_images = True``, as :class:`ImageReader` does): a reader that works on the PIL image itself
+    keeps getting one."""
+    token = _PIXELS.set(enabled)
+    try:
+        yield
+    finally:
+        _PIXELS.reset(token)
+
+
+def _reduces(im: Any, min_side: int | None) -> bool:
+    return bool(min_side) and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * int(min_side or 0)
+
+
 def _draft(im: Any, min_side: int | None) -> None:
     """Ask a JPEG for DCT-scaled decoding (1/2, 1/4, 1/8) that keeps both sides at least ``min_side``."""
-    if min_side and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * min_side:
+    if _reduces(im, min_side):
         im.draft(None, (min_side, min_side))
+
+
+def _jpeg_pixels(data: bytes, min_side: int | None) -> Any:
+    """A baseline or progressive 8-bit JPEG (colour or grey) decoded by libjpeg-turbo straight into a ``uint8``
+    tensor, or ``None`` to take Pillow's path: another format, CMYK, a reduced-size decode (Pillow's ``draft`` is
+    cheaper), an image over the pixel limit, or a file torchvision's decoder refuses (Pillow then decides whether it
+    is bad, with its own reason). Only the JPEG header is read here: no PIL image is made."""
+    frame = jpeg_frame(data)
+    if frame is None:
+        return None
+    width, height, components = frame
+    if components not in (1, 3) or width * height > MAX_IMAGE_PIXELS:
+        return None
+    if min_side and min(width, height) >= 2 * min_side:
+        return None
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except (ImportError, RuntimeError):  # no image decoders in this torchvision, or a file it refuses
+        return None
+
+
+#: JPEG start-of-frame markers whose frame header gives the image size: baseline, extended, progressive and
+#: lossless, Huffman or arithmetic coded (not DHT ``C4``, JPG ``C8``, DAC ``CC``).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """``(width, height, components)`` of an 8-bit JPEG from its frame header, or ``None`` for anything else (not a
+    JPEG, another sample precision, a header that ends early or makes no sense)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if i + 10 > n or data[i + 4] != 8:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (width, height, data[i + 9]) if width and height else None
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _to_pixels(rgb: Any) -> Any:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(rgb)
 
 
 def to_rgb(im: Any) -> Any:

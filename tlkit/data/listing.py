@@ -160,7 +160,7 @@ SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid",
 ALLOW_SPLIT_NAMES = "allow_split_names"
 
 
-def check_not_splits(root: Path, classes: list[str], options: dict[str, object]) -> None:
+def check_not_splits(root: Path | str, classes: list[str], options: dict[str, object]) -> None:
     """Refuse class folders that all carry split names (``train``, ``test``, ``val``, ...): ``root`` is then the
     parent of the splits, and reading it would silently train on the split as the label. The reader option
     ``allow_split_names`` (true) reads them as classes after all."""
@@ -168,10 +168,14 @@ def check_not_splits(root: Path, classes: list[str], options: dict[str, object])
         return
     first = next((c for c in classes if c.lower().startswith("train")), classes[0])
     others = [c for c in classes if c != first]
-    also = f" (and {', '.join(str(root / c) for c in others)} to evaluate, or as --val)" if others else ""
+
+    def child(name: str) -> str:
+        return str(root / name) if isinstance(root, Path) else root.rstrip("/") + "/" + name
+
+    also = f" (and {', '.join(child(c) for c in others)} to evaluate, or as --val)" if others else ""
     raise BadInputError(
         f"{root}: its sub-folder(s) {', '.join(classes)} are dataset splits, not classes; point at one split, "
-        f"{root / first}, whose sub-folders are the classes{also}, or, if they really are your classes, pass the "
+        f"{child(first)}, whose sub-folders are the classes{also}, or, if they really are your classes, pass the "
         f"reader option {ALLOW_SPLIT_NAMES}=true (--reader-option {ALLOW_SPLIT_NAMES}=true)"
     )
 

@@ -17,14 +17,14 @@ is a named skip; a missing or unreachable file is an error naming it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from tlkit.data.base import Dataset, Record, Skipped
 from tlkit.data.remote import OpenFiles, common_base, file_info, file_stamp, filesystem, is_url, list_files, unreachable
-from tlkit.data.streams import Entry, StreamReader, label_text, option
+from tlkit.data.streams import Entry, StreamReader, label_text, option, text_row
 from tlkit.errors import BadInputError, BadItemError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -66,37 +66,42 @@ class ParquetReader(StreamReader):
         base = common_base(files) if len(files) > 1 else files[0][: files[0].rfind("/") + 1]
         column = self.column(options)
         label_given = option(options, "label_column")
-        entries: list[Entry] = []
         skipped: list[Skipped] = []
-        for path in files:
-            stamp = file_stamp(file_info(path))
-            fs, inner = filesystem(path)
-            rel = path[len(base) :]
-            try:
-                with fs.open(inner, "rb") as fh:
-                    pf = pq.ParquetFile(fh)
-                    names = list(pf.schema_arrow.names)
-                    if column not in names:
-                        raise BadInputError(f"{path}: no column {column!r}; columns are {', '.join(names)} (set "
-                                            f"{{param}})", param=f"{self.modality}_column")  # fmt: skip
-                    label = label_given or (DEFAULT_LABEL if DEFAULT_LABEL in names else None)
-                    if label is not None and label not in names:
-                        raise BadInputError(f"{path}: no column {label!r}; columns are {', '.join(names)} (set "
-                                            f"{{param}})", param="label_column")  # fmt: skip
-                    entries += self._scan_file(pf, path, rel, column, label, stamp, skipped)
-            except BadInputError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a damaged footer or a transport error names the file
-                if isinstance(exc, OSError | ConnectionError) or "://" in path:
-                    raise unreachable(path, exc) from exc
-                raise BadInputError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); check "
-                                    f"it") from exc  # fmt: skip
-        return self.dataset(location, entries, skipped, options)
+
+        def entries() -> Iterator[Entry]:  # file by file, row group by row group
+            for path in files:
+                yield from self._file_entries(pq, path, path[len(base) :], column, label_given, skipped)
+
+        return self.dataset(location, entries(), skipped, options)
+
+    def _file_entries(
+        self, pq: Any, path: str, rel: str, column: str, label_given: str | None, skipped: list[Skipped]
+    ) -> Iterator[Entry]:
+        stamp = file_stamp(file_info(path))
+        fs, inner = filesystem(path)
+        try:
+            with fs.open(inner, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                names = list(pf.schema_arrow.names)
+                if column not in names:
+                    raise BadInputError(f"{path}: no column {column!r}; columns are {', '.join(names)} (set "
+                                        f"{{param}})", param=f"{self.modality}_column")  # fmt: skip
+                label = label_given or (DEFAULT_LABEL if DEFAULT_LABEL in names else None)
+                if label is not None and label not in names:
+                    raise BadInputError(f"{path}: no column {label!r}; columns are {', '.join(names)} (set "
+                                        f"{{param}})", param="label_column")  # fmt: skip
+                yield from self._scan_file(pf, path, rel, column, label, stamp, skipped)
+        except BadInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged footer or a transport error names the file
+            if isinstance(exc, OSError | ConnectionError) or "://" in path:
+                raise unreachable(path, exc) from exc
+            raise BadInputError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); check "
+                                f"it") from exc  # fmt: skip
 
     def _scan_file(
         self, pf: Any, path: str, rel: str, column: str, label: str | None, stamp: str, skipped: list[Skipped]
-    ) -> list[Entry]:
-        entries: list[Entry] = []
+    ) -> Iterator[Entry]:
         row = 0
         text = self.modality == "text"
         wanted = [c for c in (label, column if text else None) if c]
@@ -110,16 +115,12 @@ class ParquetReader(StreamReader):
                 raw = label_text(labels[r]) if labels is not None else None
                 length, item_stamp = None, f"{stamp}:{raw}"
                 if bodies is not None:
-                    body = bodies[r]
-                    if body is None or not str(body).strip():
-                        skipped.append(Skipped(rid, f"empty {column!r}"))
+                    text_stamp = text_row(rid, raw, bodies[r], column, skipped)
+                    if text_stamp is None:
                         continue
-                    length = len(str(body))
-                    digest = hashlib.sha1(f"{raw}\0{body}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-                    item_stamp = digest
-                entries.append((rid, (path, g, r, column), raw, length, item_stamp))
+                    length, item_stamp = text_stamp
+                yield rid, (path, g, r, column), raw, length, item_stamp
             row += n
-        return entries
 
     def read(self, record: Record) -> Any:
         path, group, row, column = record.source

@@ -142,7 +142,8 @@ def file_info(location: str) -> dict[str, Any]:
 
 def file_stamp(info: dict[str, Any]) -> str:
     """What changes when a file changes: its size and the first of mtime, ETag or last-modified the store gives."""
-    for key in ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash", "created"):
+    for key in ("mtime", "ETag", "etag", "LastModified", "Last-Modified", "last_modified", "updated", "md5Hash",
+                "created"):  # fmt: skip
         if info.get(key) is not None:
             return f"{info.get('size')}:{info[key]}"
     return f"{info.get('size')}"

@@ -3,18 +3,23 @@
 Each is one reader class registered once per modality (``webdataset-image``, ``parquet-text``, ...), so a backbone's
 modality picks the right one. Their records are small: an id ``SHARD/KEY`` or ``FILE:ROW``, a source that says where
 the item's bytes are (a shard and an offset, a file and a row group), a label, a length for bucketing and a stamp.
-Nothing is decoded while listing; :meth:`StreamReader.load` reads one item (through a per-process cache of open files
-or of one row group) and decodes it like the folder readers do, so a corrupt member or cell is a named skip.
+Listing streams: entries go one at a time into a :class:`~tlkit.data.records.RecordTable` (about 100 bytes per
+item, no Python object per item). Nothing is decoded while listing; :meth:`StreamReader.load` reads one item
+(through a per-process cache of open files or of one row group) and decodes it like the folder readers do, so a
+corrupt member or cell is a named skip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import UNLABELLED, Dataset, Reader, Record, Skipped, _jsonable
+from tlkit.data.records import RecordBuilder
 from tlkit.data.remote import as_location
 from tlkit.errors import BadInputError, BadItemError
 
@@ -38,6 +43,11 @@ class StreamReader(Reader):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.modality!r})"
+
+    @property
+    def returns_decoded_images(self) -> bool:
+        """Images come from :func:`tlkit.data.image.decode_image` unchanged (so extraction may ask it for pixels)."""
+        return self.modality == "image"
 
     def __getstate__(self) -> dict[str, Any]:  # open files and row-group caches never travel to a worker
         return {"modality": self.modality}
@@ -106,25 +116,49 @@ class StreamReader(Reader):
     def dataset(
         self,
         root: str,
-        entries: Sequence[Entry],
+        entries: Iterable[Entry],
         skipped: list[Skipped],
         options: dict[str, Any],
         class_names: Sequence[str] | None = None,
+        listed: Callable[[int], None] | None = None,
     ) -> Dataset:
-        """The :class:`Dataset`: raw labels indexed into sorted class names (or into ``class_names`` when the format
-        names its classes), an error when nothing is readable."""
-        if not entries:
+        """The :class:`Dataset`, its records a :class:`~tlkit.data.records.RecordTable` filled from ``entries`` (an
+        iterator: no entry is kept as an object): raw labels indexed into sorted class names (or into
+        ``class_names`` when the format names its classes), an error when nothing is readable. ``listed`` is called
+        with the number of entries once they are all read (a reader's own check of the whole listing)."""
+        import numpy as np
+
+        builder = RecordBuilder()
+        codes = array("i")
+        distinct: dict[str | None, int] = {}
+        for rid, source, raw, length, stamp in entries:
+            builder.append(rid, source, UNLABELLED, length, stamp)
+            code = distinct.get(raw)
+            if code is None:
+                code = distinct[raw] = len(distinct)
+            codes.append(code)
+        if listed is not None:
+            listed(len(builder))
+        if not len(builder):
             first = f" ({len(skipped)} skipped, first {skipped[0].id}: {skipped[0].reason})" if skipped else ""
             raise BadInputError(f"{root}: no {self.modality} items found{first}; check the path and the columns")
-        classes = list(class_names) if class_names is not None else sorted_labels({e[2] for e in entries} - {None})
+        classes = list(class_names) if class_names is not None else sorted_labels(set(distinct) - {None})
         index = {name: i for i, name in enumerate(classes)}
-        records = []
-        for rid, source, raw, length, stamp in entries:
-            if raw is not None and raw not in index:
-                skipped.append(Skipped(rid, f"label {raw!r} is not one of the {len(classes)} class names"))
-                continue
-            records.append(Record(rid, source, index[raw] if raw is not None else UNLABELLED, length, stamp))
-        return Dataset(as_location(root), self.name, self.modality, records, classes, skipped, _jsonable(options))
+        lut = np.array([UNLABELLED if v is None else index.get(v, _NOT_A_CLASS) for v in distinct], np.int64)
+        labels = lut[np.frombuffer(codes, np.int32)]
+        table = builder.build().with_labels(labels)
+        outside = np.flatnonzero(labels == _NOT_A_CLASS)
+        if len(outside):
+            raws = list(distinct)
+            for i in outside.tolist():
+                raw = raws[codes[i]]
+                skipped.append(Skipped(table.ids[i], f"label {raw!r} is not one of the {len(classes)} class names"))
+            table = table.take(np.flatnonzero(labels != _NOT_A_CLASS))
+        return Dataset(as_location(root), self.name, self.modality, table, classes, skipped, _jsonable(options))
+
+
+#: A raw label outside the format's class names (a skip).
+_NOT_A_CLASS = -2
 
 
 def label_text(value: Any) -> str | None:
@@ -139,6 +173,16 @@ def label_text(value: Any) -> str | None:
         value = int(value)
     text = str(value).strip()
     return text or None
+
+
+def text_row(rid: str, name: str | None, body: Any, column: str, skipped: list[Skipped]) -> tuple[int, str] | None:
+    """A text row's length and stamp (a hash of its label and text, so an edited row is re-extracted), or ``None``
+    after recording the skip of a missing or blank text in ``column``."""
+    if body is None or not str(body).strip():
+        skipped.append(Skipped(rid, f"empty {column!r}"))
+        return None
+    text = str(body)
+    return len(text), hashlib.sha1(f"{name}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def sorted_labels(labels: Iterable[str | None]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ def read_text_file(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read the file: {os_error_reason(exc)}") from exc
+    return decode_text(path, raw)
+
+
+def decode_text(path: Path | str, raw: bytes) -> str:
+    """A file's bytes as text (UTF-8, an optional BOM stripped); a one-line error naming the line of the first bad
+    byte."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -37,7 +44,7 @@ def utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"line {line} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
 
 
-def csv_rows(path: Path, text: str, delimiter: str) -> tuple[list[str], Rows, list[Skipped]]:
+def csv_rows(path: Path | str, text: str, delimiter: str) -> tuple[list[str], Rows, list[Skipped]]:
     """The header and ``(start line, row)`` pairs of a CSV/TSV; quoted fields may span lines; blank lines are not
     rows. Rows with more fields than the header are skip records; a quote left open to the end of the file (which
     would swallow every later line into one field) is an error naming the line where it opens."""
@@ -61,7 +68,8 @@ def csv_rows(path: Path, text: str, delimiter: str) -> tuple[list[str], Rows, li
             raise BadInputError(f"{path}:{start}: malformed row ({exc}); check the quoting") from exc
         last = (start, reader.line_num > start)
         if len(cells) > len(header):
-            skipped.append(Skipped(f"{path.name}:{start}", f"{len(cells)} fields but the header has {len(header)}"))
+            name = os.path.basename(str(path))
+            skipped.append(Skipped(f"{name}:{start}", f"{len(cells)} fields but the header has {len(header)}"))
         elif cells:
             rows.append((start, dict(zip(header, cells, strict=False))))
         start = reader.line_num + 1
@@ -70,7 +78,7 @@ def csv_rows(path: Path, text: str, delimiter: str) -> tuple[list[str], Rows, li
     return header, rows, skipped
 
 
-def _check_closed(path: Path, text: str, start: int, delimiter: str) -> None:
+def _check_closed(path: Path | str, text: str, start: int, delimiter: str) -> None:
     """Raise when the row starting at line ``start`` runs to the end of the file inside an open quote."""
     lines = io.StringIO(text, newline="").readlines()
     one = csv.reader(io.StringIO("".join(lines[start - 1 :]), newline=""), delimiter=delimiter, strict=True)
@@ -107,4 +115,4 @@ def jsonl_rows(path: Path, text: str) -> tuple[Rows, list[Skipped]]:
     return rows, skipped
 
 
-__all__ = ["Rows", "csv_rows", "jsonl_rows", "read_text_file", "utf8_problem"]
+__all__ = ["Rows", "csv_rows", "decode_text", "jsonl_rows", "read_text_file", "utf8_problem"]

@@ -96,19 +96,23 @@ class WebDatasetReader(StreamReader):
         base = common_base(shards) if len(shards) > 1 else shards[0][: shards[0].rfind("/") + 1]
         exts = self.item_extensions(options)
         label = option(options, "label_column", "label_field")
-        entries: list[Entry] = []
         skipped: list[Skipped] = []
-        any_label = False
-        for shard in shards:
-            found, skips, labelled = self._scan_shard(shard, shard[len(base) :], exts, label)
-            entries += found
-            skipped += skips
-            any_label = any_label or labelled
-        if label and not any_label and entries:
-            raise BadInputError(f"{location}: no sample has a {label!r} label; members are named KEY.EXT — set "
-                                f"{{param}} to an extension (cls) or a JSON field (json:label)",
-                                param="label_column")  # fmt: skip
-        return self.dataset(location, entries, skipped, options)
+        labelled = [False]
+
+        def entries() -> Iterator[Entry]:  # shard by shard: a listing holds one shard's members at a time
+            for shard in shards:
+                found, skips, any_label = self._scan_shard(shard, shard[len(base) :], exts, label)
+                skipped.extend(skips)
+                labelled[0] = labelled[0] or any_label
+                yield from found
+
+        def check(n: int) -> None:
+            if label and not labelled[0] and n:
+                raise BadInputError(f"{location}: no sample has a {label!r} label; members are named KEY.EXT — set "
+                                    f"{{param}} to an extension (cls) or a JSON field (json:label)",
+                                    param="label_column")  # fmt: skip
+
+        return self.dataset(location, entries(), skipped, options, listed=check)
 
     def _scan_shard(
         self, shard: str, rel: str, exts: tuple[str, ...], label: str | None

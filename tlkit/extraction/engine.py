@@ -24,9 +24,10 @@ from tlkit.cache.assemble import AssemblyPlan, assemble
 from tlkit.cache.format import read_strings, timestamp
 from tlkit.cache.storage import write_error
 from tlkit.cache.workdir import Segment, WorkDir
-from tlkit.data.base import UNLABELLED, Record, Skipped, load_or_skip
-from tlkit.data.listing import is_transient
+from tlkit.data.base import UNLABELLED, Record, Skipped
+from tlkit.data.records import PackedStrings, item_id, labels_of, take
 from tlkit.errors import BadInputError, CacheError, FingerprintMismatchError
+from tlkit.extraction.known import FinalTable, Known
 from tlkit.extraction.plan import ExtractJob, backbone_info, shard_range
 from tlkit.extraction.writer import Computed, compute_segments
 from tlkit.fileio import publish
@@ -78,7 +79,7 @@ def result_of(job: ExtractJob, output: Path, status: str, started: float, **coun
     """An :class:`ExtractResult` with the job's runtime filled in."""
     rt = job.runtime
     return ExtractResult(
-        output, status, seconds=time.perf_counter() - started, device=str(rt.device), precision=rt.precision,
+        output, status, seconds=time.perf_counter() - started, device=rt.device_name, precision=rt.precision,
         batch_size=job.batch_size, **{"workers": rt.workers, **counts},
     )  # fmt: skip
 
@@ -153,81 +154,10 @@ def _read_base(output: Path, key: dict[str, Any], overwrite: bool) -> dict[str, 
 
 
 @dataclass
-class _Known:
-    """What is already computed: rows (id -> (stamp, source, row)) and bad items (id -> (stamp, reason))."""
-
-    sources: list[Path] = field(default_factory=list)
-    have: dict[str, tuple[str, int, int]] = field(default_factory=dict)
-    bad: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-    def add_cache(self, path: Path, meta: dict[str, Any]) -> None:
-        """A complete cache's rows and skips; rows of caches added earlier win."""
-        self.sources.append(path)
-        si = len(self.sources) - 1
-        for r, (i, s) in enumerate(zip(meta["_ids"], meta["_stamps"], strict=True)):
-            self.have.setdefault(i, (s, si, r))
-        for sk in meta.get("skipped", []):
-            if "stamp" in sk and sk["id"] not in self.have:
-                self.bad.setdefault(sk["id"], (sk["stamp"], sk["reason"]))
-
-    def add_segment(self, seg: Segment) -> None:
-        """A committed segment's rows and skips; newer sources win over older ones."""
-        self.sources.append(seg.path)
-        si = len(self.sources) - 1
-        for r, (i, s) in enumerate(zip(seg.ids, seg.stamps, strict=True)):
-            self.have[i] = (s, si, r)
-            self.bad.pop(i, None)
-        for sk in seg.skipped:
-            self.bad[sk["id"]] = (sk["stamp"], sk["reason"])
-            self.have.pop(sk["id"], None)
-
-    def known(self, rec: Record) -> bool:
-        """Whether ``rec`` needs no work: a row with its stamp, or a skip for its stamp whose reason is about the
-        content (a skip for a permission, missing-file or I/O error is retried on every run)."""
-        h = self.have.get(rec.id)
-        if h is not None and h[0] == rec.stamp:
-            return True
-        b = self.bad.get(rec.id)
-        return b is not None and b[0] == rec.stamp and not is_transient(b[1])
-
-    def still_failing(self, rec: Record, job: ExtractJob) -> bool:
-        """Retry a skip for a permission, missing-file or I/O error by decoding the item here: ``True`` when it
-        fails again for the same reason (nothing to recompute, so an unchanged input stays up to date)."""
-        b = self.bad.get(rec.id)
-        if b is None or b[0] != rec.stamp or not is_transient(b[1]):
-            return False
-        return load_or_skip(job.reader, rec)[1] == b[1]
-
-    def final_rows(self, selection: Sequence[Record]) -> tuple[list[str], list[int], list[int]]:
-        """``(ids, sources, rows)`` of the final cache, in selection order, bad items left out."""
-        ids, src, rows = [], [], []
-        for rec in selection:
-            h = self.have.get(rec.id)
-            if h is not None and h[0] == rec.stamp:
-                ids.append(rec.id)
-                src.append(h[1])
-                rows.append(h[2])
-            elif rec.id not in self.bad:
-                raise CacheError(f"internal error: no row for {rec.id}")  # every todo item is a row or a skip
-        return ids, src, rows
-
-
-@dataclass
-class _Table:
-    """The final cache's rows: ids with their sources and rows, labels and stamps."""
-
-    ids: list[str]
-    src: list[int]
-    rows: list[int]
-    labels: list[int]
-    stamps: list[str]
-
-
-@dataclass
 class _Run:
     job: ExtractJob
     output: Path
-    selection: list[Record]
+    selection: Sequence[Record]  # a list, or a RecordTable (tlkit.data.records): no object per item
     shard: tuple[int, int] | None
     overwrite: bool
     keep_existing: bool
@@ -240,7 +170,8 @@ class _Run:
         plan = self._resume_plan(work, base)
         segments = work.segments() if plan is not None else []
         known = self._known(base, reuse, segments)
-        todo = [rec for rec in self.selection if not known.known(rec) and not known.still_failing(rec, self.job)]
+        todo_at = known.todo(self.selection, self.job)  # None: every item (a fresh run)
+        todo = self.selection if todo_at is None else take(self.selection, todo_at)
         n_reused = len(self.selection) - len(todo)
         if not todo and base is not None and not segments:
             current = self._up_to_date(base, known, n_reused)
@@ -255,9 +186,9 @@ class _Run:
         status = self._status(resumed=bool(segments), updated=base is not None)
         with work.removed_if_empty_on_error(fresh):  # a failed start leaves no stale work folder
             computed = self._compute(work, todo, segments, known)
-        table = self._table(known, base)
+        table = self._table(known, base, todo_at)
         skipped_all = self._skipped(known)
-        if not table.ids:
+        if not len(table.ids):
             work.remove()
             self._nothing_readable(skipped_all)
         self._publish(work, known, table, self._metadata(run_id, skipped_all, computed.flags))
@@ -272,9 +203,9 @@ class _Run:
                                           result.summary()))  # fmt: skip
         return result
 
-    def _known(self, base: dict[str, Any] | None, reuse: Sequence[Path], segments: Sequence[Segment]) -> _Known:
+    def _known(self, base: dict[str, Any] | None, reuse: Sequence[Path], segments: Sequence[Segment]) -> Known:
         """The rows already computed: the existing cache's, other caches' with this key, an interrupted run's."""
-        known = _Known()
+        known = Known()
         if base is not None:
             known.add_cache(self.output, base)
         for extra in reuse:  # other caches with this key: their rows are copied, never recomputed; ours win
@@ -285,9 +216,9 @@ class _Run:
             known.add_segment(seg)
         return known
 
-    def _compute(self, work: WorkDir, todo: list[Record], segments: Sequence[Segment], known: _Known) -> Computed:
-        """Compute ``todo`` into new segments after the resumed ones and add their rows to ``known``; the flags
-        count the resumed segments' items too."""
+    def _compute(self, work: WorkDir, todo: Sequence[Record], segments: Sequence[Segment], known: Known) -> Computed:
+        """Compute ``todo`` into new segments after the resumed ones and add their rows to ``known`` (by position:
+        the writer says which items each new segment holds); the flags count the resumed segments' items too."""
         if not todo:
             computed = Computed()
         else:
@@ -297,9 +228,7 @@ class _Run:
             check_live(self.job.backbone, self.job.key["backbone"])  # a remembered fingerprint must be the model's
             first_seq = (segments[-1].seq + 1) if segments else 0
             computed = compute_segments(self.job, todo, work, first_seq, self.progress)
-            for seg in work.segments():
-                if seg.seq >= first_seq:
-                    known.add_segment(seg)
+            known.add_computed(len(todo), computed.paths, computed.rows_at, computed.bad, todo)
         for seg in segments:
             computed.flags.update(seg.flags)
         return computed
@@ -336,47 +265,48 @@ class _Run:
         work.clear_temporaries()
         return plan
 
-    def _up_to_date(self, base: dict[str, Any], known: _Known, n_reused: int) -> ExtractResult | None:
+    def _up_to_date(self, base: dict[str, Any], known: Known, n_reused: int) -> ExtractResult | None:
         """Nothing to compute: a result when the cache already is what this run would write."""
         if self.keep_existing:
             n = len(base["_ids"])
             return result_of(self.job, self.output, "up-to-date", self.started, n_items=n, n_computed=0,
                              n_reused=n_reused, n_skipped=len(base.get("skipped", [])))  # fmt: skip
-        final_ids, _, _ = known.final_rows(self.selection)
-        by_id = {r.id: r for r in self.selection}
+        final = known.final_rows(self.selection)
         if (
-            final_ids == list(base["_ids"])
-            and [by_id[i].label for i in final_ids] == [int(x) for x in base["_labels"]]
-            and [by_id[i].stamp for i in final_ids] == list(base["_stamps"])
+            final.ids == base["_ids"]
+            and final.labels.tolist() == [int(x) for x in base["_labels"]]
+            and final.stamps == base["_stamps"]
             and base.get("class_names") == list(self.job.dataset.class_names)
             and [s for s in base.get("skipped", []) if "stamp" not in s] == [s.to_dict() for s in self._listing_skips()]
         ):
-            return result_of(self.job, self.output, "up-to-date", self.started, n_items=len(final_ids), n_computed=0,
-                             n_reused=len(final_ids), n_skipped=len(base.get("skipped", [])))  # fmt: skip
+            return result_of(self.job, self.output, "up-to-date", self.started, n_items=len(final.ids), n_computed=0,
+                             n_reused=len(final.ids), n_skipped=len(base.get("skipped", [])))  # fmt: skip
         return None
 
-    def _table(self, known: _Known, base: dict[str, Any] | None) -> _Table:
+    def _table(self, known: Known, base: dict[str, Any] | None, todo_at: Any = None) -> FinalTable:
         """The final rows: the selection in order, minus bad items; in union mode, the old cache's other rows first."""
-        ids, src, rows = known.final_rows(self.selection)
-        by_id = {r.id: r for r in self.selection}
-        table = _Table(ids, src, rows, [by_id[i].label for i in ids], [by_id[i].stamp for i in ids])
+        import numpy as np
+
+        table = known.final_rows(self.selection, todo_at)
         if self.keep_existing and base is not None:
-            chosen = set(ids)
+            chosen = set(table.ids)
             extra = [
                 (i, s, base["_labels"][r]) for r, (i, s) in enumerate(zip(base["_ids"], base["_stamps"], strict=True))
-                if i not in chosen and known.have.get(i, ("", -1, -1))[1] == 0
+                if i not in chosen and (known.index.find(i) or ("", -1, -1))[1] == 0
             ]  # fmt: skip
-            table = _Table(
-                [e[0] for e in extra] + table.ids, [0] * len(extra) + table.src,
-                [known.have[e[0]][2] for e in extra] + table.rows, [int(e[2]) for e in extra] + table.labels,
-                [e[1] for e in extra] + table.stamps,
-            )  # fmt: skip
+            table = FinalTable(
+                PackedStrings.concat([PackedStrings.of(e[0] for e in extra), _packed(table.ids)]),
+                np.concatenate([np.zeros(len(extra), np.int32), table.src]),
+                np.concatenate(
+                    [np.asarray([(known.index.find(e[0]) or ("", 0, 0))[2] for e in extra], np.int64), table.rows]
+                ),  # fmt: skip
+                np.concatenate([np.asarray([int(e[2]) for e in extra], np.int64), table.labels]),
+                PackedStrings.concat([PackedStrings.of(e[1] for e in extra), _packed(table.stamps)]),
+            )
         return table
 
-    def _skipped(self, known: _Known) -> list[dict[str, str]]:
-        sel_ids = {r.id for r in self.selection}
-        out = [{"id": i, "reason": reason, "stamp": stamp} for i, (stamp, reason) in known.bad.items() if i in sel_ids]
-        return out + [s.to_dict() for s in self._listing_skips()]
+    def _skipped(self, known: Known) -> list[dict[str, str]]:
+        return known.skips_in(self.selection) + [s.to_dict() for s in self._listing_skips()]
 
     def _listing_skips(self) -> list[Skipped]:
         """What the reader left out while listing the data (recorded once, by shard 0 of a sharded run)."""
@@ -386,7 +316,9 @@ class _Run:
         """Ids of this run's items that have no label although the dataset has labels."""
         if not self.job.dataset.labelled:
             return []
-        return [r.id for r in self.selection if r.label == UNLABELLED]
+        import numpy as np
+
+        return [item_id(self.selection, p) for p in np.flatnonzero(labels_of(self.selection) == UNLABELLED).tolist()]
 
     def _nothing_readable(self, skipped: list[dict[str, str]]) -> None:
         first = skipped[0] if skipped else None
@@ -433,7 +365,7 @@ class _Run:
             },  # fmt: skip
         }
 
-    def _publish(self, work: WorkDir, known: _Known, table: _Table, meta: dict[str, Any]) -> None:
+    def _publish(self, work: WorkDir, known: Known, table: FinalTable, meta: dict[str, Any]) -> None:
         """Assemble the final file beside the work folder and move it into place atomically."""
         import numpy as np
 
@@ -450,6 +382,10 @@ class _Run:
         except OSError as exc:
             raise write_error(self.output, exc, kept="finished rows are kept") from exc
         work.remove()
+
+
+def _packed(strings: Sequence[str]) -> PackedStrings:
+    return strings if isinstance(strings, PackedStrings) else PackedStrings.of(strings)
 
 
 def _tlkit_version() -> str:

@@ -6,9 +6,19 @@ the writer puts the rows back in dataset order before the window is committed.
 
 Large JPEGs are decoded at a reduced size when the backbone says how large its transform resizes to
 (``ImageBackbone.decode_size()``, :func:`tlkit.data.image.reduced_decoding`), unless ``decode="exact"`` or views are
-computed (training transforms crop at random and need every pixel). With ``--workers auto`` the first batches are
-prepared in this process and timed against the forward pass, and the worker count is chosen from that
-(:func:`tlkit.runtime.resolution.measured_workers`).
+computed (training transforms crop at random and need every pixel).
+
+Images whose evaluation transform is a standard pipeline (``ImageBackbone.pixel_pipeline()``) take the pixel path,
+as timm's prefetching loader does: JPEGs are decoded straight into ``uint8`` tensors
+(:func:`tlkit.data.image.pixel_decoding`), resized and cropped as ``uint8``, collated into one NHWC ``uint8`` buffer
+(:class:`tlkit.contract.pixels.PixelBatch`), and normalised once per batch where the model runs.
+
+Who prepares the batches: on the CPU, with ``--workers auto`` and the pixel path, this process does, with one
+thread per core between two forward passes (decoding and resizing release the GIL): the forward pass then has every
+core to itself, instead of sharing them with worker processes whose preemption stalls its OpenMP threads. Otherwise,
+with ``--workers auto``, the first batches are prepared in this process and timed against the forward pass, and the
+worker count is chosen from that (:func:`tlkit.runtime.resolution.measured_workers`); when it is 0, pixel batches
+are still prepared on one thread per core.
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tlkit.contract.backbone import Backbone
 from tlkit.contract.image import ImageBackbone
+from tlkit.contract.pixels import PixelBatch, Uint8Pipeline
 from tlkit.data.base import Reader, Record, load_or_skip
-from tlkit.data.image import reduced_decoding
+from tlkit.data.image import as_rgb_image, pixel_decoding, reduced_decoding
 from tlkit.errors import ConfigError
 from tlkit.runtime.batching import shared_memory_error, tree_map
 from tlkit.runtime.resolution import measured_workers
@@ -64,6 +76,13 @@ class ItemSource:
         self.records, self.reader, self.backbone, self.views, self.seed = records, reader, backbone, views, seed
         self.decode = check_decode(decode)
         self._side: list[int | None] = []  # the backbone's decode size, asked once per process
+        self.pixels: Uint8Pipeline | None = None  # the pixel path (items are uint8 crops), when it applies
+        if not views and isinstance(backbone, ImageBackbone):
+            try:
+                self.pixels = backbone.pixel_pipeline()
+            except Exception:  # noqa: BLE001 - a transform that cannot be built fails per item, with its reason
+                self.pixels = None
+        self._pixel_reader = bool(getattr(reader, "returns_decoded_images", False))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -83,11 +102,37 @@ class ItemSource:
 
     def __getitem__(self, pos: int) -> Loaded:
         rec = self.records[pos]
-        with reduced_decoding(self.decode_side()):
+        with reduced_decoding(self.decode_side()), pixel_decoding(self.pixels is not None and self._pixel_reader):
             item, reason = load_or_skip(self.reader, rec)
+        return self._prepared(pos, rec, item, reason)
+
+    def __getitems__(self, positions: Sequence[int]) -> list[Loaded]:
+        """A batch, as the DataLoader asks for it: items are decoded a group at a time, then preprocessed, rather
+        than decoding and preprocessing in turn (the decoder's and torch's code stay hot in the CPU's caches: a
+        third less time per small item). A group ends at :data:`GROUP_BYTES` of decoded items, so large images are
+        not all held at once."""
+        out: list[Loaded] = []
+        group: list[tuple[int, Record, Any, str | None]] = []
+        held = 0
+        for i, pos in enumerate(positions):
+            rec = self.records[pos]
+            with reduced_decoding(self.decode_side()), pixel_decoding(self.pixels is not None and self._pixel_reader):
+                item, reason = load_or_skip(self.reader, rec)
+            group.append((pos, rec, item, reason))
+            held += _decoded_bytes(item)
+            if held >= GROUP_BYTES or i == len(positions) - 1:
+                out += [self._prepared(*g) for g in group]
+                group, held = [], 0
+        return out
+
+    def _prepared(self, pos: int, rec: Record, item: Any, reason: str | None) -> Loaded:
+        """A decoded item preprocessed (with its views), or the reason it is bad."""
         if reason is not None:
             return Loaded(pos, None, reason)
         try:
+            if self.pixels is not None:
+                x = self.pixels.pixels(item if _is_tensor(item) else as_rgb_image(item))
+                return Loaded(pos, x, None, tuple(self.backbone.item_flags(x)))
             x = self.backbone.preprocess_item(item, train=False)
             flags = tuple(self.backbone.item_flags(x))
             views = [self._view(item, rec.id, k) for k in range(self.views)]
@@ -123,15 +168,31 @@ class Batch:
     views: list[Any] = field(default_factory=list)
     size: int = 0  # good + bad
 
+    def share_memory(self) -> None:
+        """Move the tensors into shared memory, in the worker that made them. Handing the batch over does the same
+        move (torch writes it to a ``/dev/shm`` file); done here, a failure (a file-size limit, a full ``/dev/shm``)
+        raises in the worker's fetch and reaches the main process as an error, where in the queue's feeder thread
+        it is only printed and the main process waits for the batch forever."""
+        if isinstance(self.inputs, PixelBatch):
+            self.inputs.pixels.share_memory_()  # type: ignore[no-untyped-call]
+        else:
+            tree_map(lambda t: t.share_memory_(), self.inputs)
+        for v in self.views:
+            tree_map(lambda t: t.share_memory_(), v)
+
     def pin_memory(self) -> Batch:
+        if isinstance(self.inputs, PixelBatch):
+            self.inputs = self.inputs.pin_memory()
         self.inputs = tree_map(lambda t: t.pin_memory(), self.inputs)
         self.views = [tree_map(lambda t: t.pin_memory(), v) for v in self.views]
         return self
 
 
 class Collate:
-    def __init__(self, backbone: Backbone, views: int) -> None:
-        self.backbone, self.views = backbone, views
+    """Good items into one batch (the backbone's ``collate``, or a :class:`PixelBatch` on the pixel path)."""
+
+    def __init__(self, backbone: Backbone, views: int, pixels: Uint8Pipeline | None = None) -> None:
+        self.backbone, self.views, self.pixels = backbone, views, pixels
 
     def __call__(self, loaded: list[Loaded]) -> Batch:
         good = [x for x in loaded if x.reason is None]
@@ -141,10 +202,21 @@ class Collate:
         out = Batch(
             [x.pos for x in good], [(x.pos, str(x.reason)) for x in loaded if x.reason], flags, size=len(loaded)
         )
-        if good:
+        if good and self.pixels is not None:
+            out.inputs = self.pixels.batch([x.x for x in good])
+        elif good:
             out.inputs = self.backbone.collate([x.x for x in good])
             out.views = [self.backbone.collate([x.views[k] for x in good]) for k in range(self.views)]
+        if good and _in_worker():
+            out.share_memory()
         return out
+
+
+def _in_worker() -> bool:
+    """Whether this runs in a DataLoader worker process."""
+    import torch.utils.data
+
+    return torch.utils.data.get_worker_info() is not None
 
 
 class BatchPlan:
@@ -192,6 +264,26 @@ def length_fn(records: Sequence[Record], reader: Reader, backbone: Backbone) -> 
     return length
 
 
+#: Bytes of decoded items :meth:`ItemSource.__getitems__` holds before preprocessing them.
+GROUP_BYTES = 32 << 20
+
+
+def _decoded_bytes(item: Any) -> int:
+    """About how many bytes a decoded item holds (a PIL image, a tensor or array, an audio clip; text: its length)."""
+    if item is None:
+        return 0
+    nbytes = getattr(item, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    size = getattr(item, "size", None)  # a PIL image: (width, height)
+    if isinstance(size, tuple) and len(size) == 2:
+        return int(size[0]) * int(size[1]) * 4
+    waveform = getattr(item, "waveform", None)
+    if waveform is not None:
+        return _decoded_bytes(waveform)
+    return len(item) if isinstance(item, str | bytes) else 0
+
+
 #: How extraction decodes images: ``reduced`` decodes large JPEGs at a reduced size for the backbone's resize
 #: (``ImageBackbone.decode_size()``), ``exact`` decodes every image at full size.
 DECODE_MODES = ("reduced", "exact")
@@ -211,14 +303,17 @@ def check_decode(decode: str) -> str:
 class Loader:
     """The batches of one pass over planned positions (iterate once). ``workers`` is the number of DataLoader
     worker processes that prepare them: the runtime's, or with ``--workers auto`` the measured choice (known once
-    the probe batches have been consumed)."""
+    the probe batches have been consumed). With none, pixel batches are prepared here on ``threads`` threads."""
 
     def __init__(
         self, source: ItemSource, collate: Collate, plan: BatchPlan, runtime: Runtime, probe: int = PROBE_BATCHES
     ) -> None:
         self.source, self.collate, self.plan, self.runtime = source, collate, plan, runtime
-        self.probe = probe if runtime.auto_workers and runtime.workers > 0 else 0
         self.workers = runtime.workers
+        if in_process_on_cpu(runtime, source.pixels is not None):
+            self.workers = 0  # the forward pass and the preparation take turns on every core
+        self.probe = probe if runtime.auto_workers and self.workers > 0 else 0
+        self.threads = 1  # threads preparing a batch in this process (set when iterating)
         self.timings: list[tuple[float, float]] = []  # (prepare s, step s) of the timed probe batches
 
     def __iter__(self) -> Iterator[Batch]:
@@ -251,7 +346,27 @@ class Loader:
             prepare = statistics.median(t for t, _ in self.timings) if self.timings else 0.0
             step = statistics.median(s for _, s in self.timings) if self.timings else 0.0
             self.workers = measured_workers(self.runtime, prepare, step) if self.timings else self.runtime.workers
-        yield from self._data_loader(plan, self.workers)
+        if self.workers == 0 and self.source.pixels is not None:
+            yield from self._threaded(plan)
+        else:
+            yield from self._data_loader(plan, self.workers)
+
+    def _threaded(self, plan: Iterable[list[int]]) -> Iterator[Batch]:
+        """Batches prepared in this process, the items of each spread over one thread per torch thread, between
+        two forward passes. Each thread runs torch on one thread (no nested OpenMP teams)."""
+        import torch
+
+        self.threads = max(1, torch.get_num_threads())
+        if self.threads == 1:
+            yield from self._data_loader(plan, 0)
+            return
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="tlkit-prepare") as pool:
+            for idx in plan:
+                with _one_thread():
+                    b = self.collate(list(pool.map(self.source.__getitem__, idx)))
+                if self.runtime.pin_memory:
+                    b = b.pin_memory()
+                yield b
 
     def _sync(self) -> None:
         if self.runtime.device_type == "cuda":
@@ -292,7 +407,21 @@ def make_loader(
     :class:`tlkit.errors.ConfigError`, not a worker traceback."""
     source = ItemSource(records, reader, backbone, views, seed, decode)
     plan = BatchPlan(len(records), window, batch, length_fn(records, reader, backbone))
-    return Loader(source, Collate(backbone, views), plan, runtime)
+    return Loader(source, Collate(backbone, views, source.pixels), plan, runtime)
+
+
+def in_process_on_cpu(runtime: Runtime, pixels: bool) -> bool:
+    """Whether ``--workers auto`` prepares batches in this process instead of worker processes: on the CPU, for
+    the pixel path (decoding and ``uint8`` resizing run outside the GIL, so threads use every core). There the forward
+    pass needs every core too, and taking turns wastes none; worker processes run beside the forward's OpenMP
+    threads and each preemption of one of those stalls the others at their next barrier."""
+    return pixels and runtime.auto_workers and runtime.device_type == "cpu"
+
+
+def _is_tensor(item: Any) -> bool:
+    import torch
+
+    return isinstance(item, torch.Tensor)
 
 
 @contextlib.contextmanager
@@ -327,6 +456,7 @@ __all__ = [
     "Loaded",
     "Loader",
     "check_decode",
+    "in_process_on_cpu",
     "length_fn",
     "make_loader",
     "view_seed",

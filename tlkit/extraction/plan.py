@@ -96,10 +96,10 @@ class ExtractJob:
     def batch_size(self) -> int:
         return batch_size_of(self.runtime)
 
-    def records(self) -> list[Record]:
-        """The items this run covers: the dataset's, up to ``limit``."""
+    def records(self) -> Sequence[Record]:
+        """The items this run covers: the dataset's, up to ``limit`` (a slice: a table stays a table)."""
         records = self.dataset.records
-        return list(records[: self.limit] if self.limit is not None else records)
+        return records[: self.limit] if self.limit is not None else records
 
 
 def plan_job(
@@ -199,11 +199,11 @@ def shard_bounds(n: int, shard: tuple[int, int], window: int, batch: int = 1) ->
     return min(lo * unit, n), min(hi * unit, n)
 
 
-def shard_range(records: Sequence[Record], shard: tuple[int, int], window: int, batch: int = 1) -> list[Record]:
-    """Shard ``i`` of ``n``: the records between :func:`shard_bounds`. No item is in two shards, and merged shards
-    hold every item of a single run, in its order."""
+def shard_range(records: Sequence[Record], shard: tuple[int, int], window: int, batch: int = 1) -> Sequence[Record]:
+    """Shard ``i`` of ``n``: the records between :func:`shard_bounds` (a slice). No item is in two shards, and
+    merged shards hold every item of a single run, in its order."""
     lo, hi = shard_bounds(len(records), shard, window, batch)
-    return list(records[lo:hi])
+    return records[lo:hi]
 
 
 def shard_count(n: int, world_size: int) -> int:

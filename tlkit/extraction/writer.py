@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from tlkit.cache.workdir import SegmentData, WorkDir
 from tlkit.data.base import Record, Skipped
+from tlkit.data.records import item_id, item_stamp
 from tlkit.errors import BadInputError
 from tlkit.extraction.forward import NONFINITE_REASON, Runner, finite_rows
 from tlkit.extraction.loader import Batch, make_loader
@@ -26,6 +27,7 @@ from tlkit.extraction.plan import ExtractJob
 from tlkit.runtime.progress import ProgressCallback, ProgressEvent, emit
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -51,6 +53,8 @@ class Computed:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     workers: int | None = None  # the loader's worker processes (measured with --workers auto); None: none ran
+    rows_at: list[np.ndarray] = field(default_factory=list)  # per new segment: the todo positions of its rows
+    bad: list[dict[str, str]] = field(default_factory=list)  # the new segments' skips (id, reason, stamp)
 
 
 class WindowWriter(threading.Thread):
@@ -72,6 +76,8 @@ class WindowWriter(threading.Thread):
         self.queue: queue.Queue[tuple[str, int, _Rows | None] | None] = queue.Queue(maxsize=8)  # memory stays flat
         self.error: BaseException | None = None
         self.paths: list[Path] = []
+        self.rows_at: list[np.ndarray] = []  # per segment, the positions (in ``records``) of its rows, in row order
+        self.bad: list[dict[str, str]] = []
         self.nonfinite: list[int] = []  # positions whose embeddings held NaN/Inf, recorded as bad items
 
     def run(self) -> None:
@@ -113,9 +119,12 @@ class WindowWriter(threading.Thread):
                     lays[k].append(p.layers[k].numpy())
                 if self.n_views:
                     views.append(np.stack([v.numpy() for v in p.views]))
-        order = np.argsort(np.asarray(positions, np.int64), kind="stable")
-        ids = [self.records[positions[i]].id for i in order]
-        stamps = [self.records[positions[i]].stamp for i in order]
+        at = np.asarray(positions, np.int64)
+        order = np.argsort(at, kind="stable")
+        at = at[order]
+        rec = self.records
+        ids = [item_id(rec, p) for p in at.tolist()]
+        stamps = [item_stamp(rec, p) for p in at.tolist()]
         if feats:
             features = np.concatenate(feats)[order]
             layers = {k: np.concatenate(v)[order] for k, v in lays.items()}
@@ -124,9 +133,11 @@ class WindowWriter(threading.Thread):
             features = np.zeros((0, 0), np.float32)
             layers, vw = {}, None
         bad.sort()
-        skipped = [{"id": self.records[p].id, "reason": r, "stamp": self.records[p].stamp} for p, r in bad]
+        skipped = [{"id": item_id(rec, p), "reason": r, "stamp": item_stamp(rec, p)} for p, r in bad]
         data = SegmentData(w, ids, stamps, features, layers, vw, skipped, dict(flags))
         self.paths.append(self.work.write_segment(self.seq, data))
+        self.rows_at.append(at)
+        self.bad += skipped
         self.seq += 1
         self.on_commit(len(positions) + len(bad))
 
@@ -146,7 +157,7 @@ class WindowWriter(threading.Thread):
 
 
 def compute_segments(
-    job: ExtractJob, todo: list[Record], work: WorkDir, first_seq: int, progress: ProgressCallback | None
+    job: ExtractJob, todo: Sequence[Record], work: WorkDir, first_seq: int, progress: ProgressCallback | None
 ) -> Computed:
     """Run the loader, the forward pass and the writer over ``todo``; the writer commits one segment per window."""
     job.backbone.load()
@@ -187,6 +198,7 @@ def compute_segments(
         raise writer.error
     out.skipped += [Skipped(todo[pos].id, NONFINITE_REASON) for pos in sorted(writer.nonfinite)]
     out.paths, out.seconds, out.workers = writer.paths, time.perf_counter() - started, loader.workers
+    out.rows_at, out.bad = writer.rows_at, writer.bad
     return out
 
 

@@ -44,6 +44,11 @@ SMALL_PER_CLASS = 100
 LARGE_PER_CLASS = 1000
 SIMILAR_SKILL = 0.7  # probe accuracy rescaled so chance = 0 and perfect = 1
 DIFFERENT_SKILL = 0.4
+#: Images whose (median) shorter side is at most this share of the model's input side are low-resolution: the model
+#: sees them upscaled several times (Fashion-MNIST's 28 px at 224 is 1/8).
+LOW_RES_SHARE = 0.5
+#: Images read to measure their size.
+SIZE_SAMPLE = 32
 
 
 @dataclass
@@ -64,6 +69,11 @@ class Advice:
     commands: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Images with a backbone: the median shorter side of a sample, the model's input side, and whether the images
+    #: are low-resolution (at most :data:`LOW_RES_SHARE` of it).
+    image_side: int | None = None
+    input_side: int | None = None
+    low_resolution: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +116,36 @@ def probe_accuracy(
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     clf.fit(x_tr, y_tr)
     return float((clf.predict(x_te) == y_te).mean()), int(len(y))
+
+
+def image_side(dataset: Dataset, sample: int = SIZE_SAMPLE, seed: int = 0) -> int | None:
+    """The median shorter side, in pixels, of up to ``sample`` images of ``dataset`` drawn at random and decoded by
+    its reader; ``None`` when none of them decodes."""
+    import numpy as np
+
+    from tlkit.data.base import load_or_skip
+    from tlkit.data.image import as_rgb_image
+    from tlkit.host.readers import get_reader
+
+    reader = get_reader(dataset)
+    order = np.random.default_rng(seed).permutation(len(dataset.records))[:sample]
+    sides = []
+    for i in order.tolist():
+        item, reason = load_or_skip(reader, dataset.records[i])
+        if reason is None:
+            try:
+                sides.append(min(as_rgb_image(item).size))
+            except Exception:  # an item the model could not take either: it does not count
+                continue
+    return int(statistics.median(sides)) if sides else None
+
+
+def input_side(backbone: Backbone) -> int | None:
+    """The shorter side of an image backbone's input (``input_size`` ``[C, H, W]``), or ``None``."""
+    size = backbone.spec.preprocess.get("input_size") if backbone.modality == "image" else None
+    if isinstance(size, list | tuple) and len(size) >= 2:
+        return int(min(size[-2:]))
+    return None
 
 
 def advise(
@@ -166,8 +206,11 @@ def advise(
     if probe is not None:
         skill = (probe - 1 / k) / (1 - 1 / k)
         domain = "similar" if skill >= SIMILAR_SKILL else ("different" if skill < DIFFERENT_SKILL else "partly similar")
+    sides: tuple[int | None, int | None] = (None, None)
+    if bb is not None and bb.modality == "image" and dataset.modality == "image":
+        sides = (image_side(dataset), input_side(bb))
     carried = command_options(weights, preprocess, reader, reader_options)
-    return _recommend(dataset, per_class, median, size, probe, n_probe, domain, backbone, carried)
+    return _recommend(dataset, per_class, median, size, probe, n_probe, domain, backbone, carried, sides)
 
 
 def command_options(
@@ -199,10 +242,12 @@ def _recommend(
     domain: str,
     backbone: str | None,
     carried: str = "",
+    sides: tuple[int | None, int | None] = (None, None),
 ) -> Advice:
     bb = shlex.quote(backbone) if backbone else "BACKBONE"
     data = shlex.quote(str(dataset.root))
     values = list(per_class.values())
+    image_px, input_px = sides
     advice = Advice(
         n_items=len(dataset.records),
         n_classes=len(per_class),
@@ -215,6 +260,9 @@ def _recommend(
         domain=domain,
         strategy="feature-extraction",
         unfreeze=None,
+        image_side=image_px,
+        input_side=input_px,
+        low_resolution=image_px is not None and input_px is not None and image_px <= LOW_RES_SHARE * input_px,
     )
     r = advice.reasons
     r.append(f"{advice.n_items} labelled items in {advice.n_classes} classes, median {median:g} per class: {size} data")
@@ -225,6 +273,13 @@ def _recommend(
         )
     else:
         r.append("no --backbone given, so the domain gap is unknown; add --backbone NAME for a quick probe")
+    if advice.image_side is not None and advice.input_side is not None:
+        scale = advice.input_side / max(1, advice.image_side)
+        r.append(
+            f"the images are {advice.image_side} px on their shorter side (median of a sample) and the model takes "
+            f"{advice.input_side} px: "
+            + (f"low-resolution, upscaled {scale:.3g}×" if advice.low_resolution else "not low-resolution")
+        )
     if size == "small":
         _feature_extraction(advice, bb, data, carried)
     else:

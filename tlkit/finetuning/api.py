@@ -54,8 +54,8 @@ def finetune(
     ``lr``, ``backbone_lr_ratio``, ``backbone_lr``, ``layer_decay``, ``weight_decay``, ``optimizer``,
     ``lr_schedule``, ``warmup``, ``batch_size``, ``accumulate``, ``precision``, ``augment``, ``bn_policy``,
     ``init_head``, ``linear_probe``, ``early_stopping``, ``monitor``, ``grad_clip``, ``grad_checkpointing``,
-    ``label_smoothing``, ``val_split``, ``seed``, ``device``, ``workers``. ``device``, ``precision`` and ``workers``
-    default to ``auto``, resolved by the runtime policy (``docs/runtime.md``).
+    ``label_smoothing``, ``mixup``, ``cutmix``, ``val_split``, ``seed``, ``device``, ``workers``. ``device``,
+    ``precision`` and ``workers`` default to ``auto``, resolved by the runtime policy (``docs/runtime.md``).
 
     The defaults (LP-FT of every block: a cross-validated linear probe on frozen features of the training split starts
     the head, then all blocks train at ``backbone_lr_ratio`` 0.1 for 10 epochs, 3 for text, with a light image
@@ -68,6 +68,7 @@ def finetune(
     ``resume=True`` continues the run in ``output`` from its last checkpoint; it refuses different arguments.
     Returns a :class:`FinetuneResult`.
     """
+    from tlkit.finetuning.prepare import resolve_backbone
     from tlkit.runtime import resolve
 
     check_option_names(finetune, options)
@@ -77,6 +78,10 @@ def finetune(
         backbone_options=with_preprocess_option(backbone_options, preprocess, input_size), reader=reader,
         reader_options=dict(reader_options or {}), on_error=on_error, resume=resume,
     )  # fmt: skip
+    # Weights that cannot be had (no network and nothing cached, a missing path) fail in one line now, as in tlkit
+    # extract: before the engine imports the model library or reads any data.
+    named = resolve_backbone(inputs.backbone, inputs.weights, inputs.input_size, inputs.backbone_options)
+    named.check_weights_available()
     runtime = resolve("finetune", opts.runtime_options())
     if runtime.distributed:
         from tlkit.finetuning.distributed import finetune_ddp

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import BadInputError
 from tlkit.finetuning.evaluation import BestEpoch, predict, validation_metrics
 from tlkit.finetuning.freeze import FreezeRow, freeze_report
+from tlkit.finetuning.mixing import BatchMixer, check_mixing
 from tlkit.finetuning.optim import backbone_rate, block_rates
 from tlkit.finetuning.options import DEFAULT_IMAGE_AUGMENT
 from tlkit.finetuning.prepare import (
@@ -108,6 +109,7 @@ class Finetuner:
 
         inputs, opts = self.inputs, self.opts
         self.backbone = resolve_backbone(inputs.backbone, inputs.weights, inputs.input_size, inputs.backbone_options)
+        check_mixing(opts.mixup, opts.cutmix, self.backbone.modality)
         self.data = load_data(self.backbone, inputs, opts)
         self.class_names = self.data.class_names
         self.args = opts.to_args()
@@ -122,6 +124,7 @@ class Finetuner:
         self._build_loaders()
         self.freeze = self._freeze_report()
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        self.mixer = BatchMixer(opts.mixup, opts.cutmix, len(self.class_names))
 
     def _start_probe(self) -> StartProbe | None:
         """LP-FT by default: a linear probe fitted on frozen features of the training split, to start the head from
@@ -381,9 +384,12 @@ class Finetuner:
 
         inputs = to_device(batch.inputs, self.device, self.channels_last)
         labels = batch.labels.to(self.device, non_blocking=True)
+        targets = labels
+        if self.mixer.active:  # mixup / cutmix: mixed images against mixed (soft) targets
+            inputs, targets = self.mixer(inputs, labels)
         with self.runtime.autocast():
             logits = self.forward_module(inputs)
-        loss = self.criterion(logits.float(), labels)
+        loss = self.criterion(logits.float(), targets)
         self.scaler.scale(loss / self.opts.accumulate).backward()
         meter.add(loss, logits, labels)
 

@@ -1,14 +1,19 @@
 """``tlkit lr-find``: the learning-rate range test (Smith, 2017) on the chosen unfreeze spec.
 
-The rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` mini-batches while the loss is recorded;
-the run stops early once the smoothed loss exceeds four times its minimum. The rate is the *head's*: every backbone
-group keeps its discriminative ratio (and layer decay), exactly as ``tlkit finetune`` would use them. The suggestion
-is the rate at the smoothed loss's minimum divided by ten, a conservative, widely used rule; the steepest descent
-point is reported too. Nothing is saved except the plot: the test trains a throw-away copy.
+The rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` optimizer steps (the engine's own: a
+mini-batch, or ``accumulate`` of them) while the loss is recorded; the run stops early once the smoothed loss exceeds
+four times its minimum. The rate is the *head's*: every backbone group keeps its discriminative ratio (and layer
+decay), exactly as ``tlkit finetune`` would use them. With ``adapter`` the engine sets the model up as a fine-tuning
+run does (:meth:`Finetuner.prepare` injects the adapters into the blocks ``unfreeze`` names), so the test trains the
+adapters and the head, at the adapters' ratio, and the base stays frozen. The suggestion is the rate at the smoothed
+loss's minimum divided by ten, a conservative, widely used rule; the steepest descent point is reported too. Nothing
+is saved except the plot: the test trains a throw-away copy (of a loaded :class:`tlkit.Backbone` too: the caller's
+module is never changed).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -43,11 +48,19 @@ class LRFindResult:
     diverged: bool
     plot: Path | None
     unfreeze: str
+    #: The adapter spec the test trained (as given), or ``None`` for whole blocks.
+    adapter: str | None = None
+    #: Parameters the test trained (the head included): with ``adapter``, the adapters' and not the base's.
+    trainable_params: int = 0
+
+    def setting(self) -> str:
+        """What trained: ``unfreeze all`` or ``unfreeze all, adapter lora``."""
+        return f"unfreeze {self.unfreeze}" + (f", adapter {self.adapter}" if self.adapter else "")
 
     def summary(self) -> str:
         return (
             f"suggested --lr {self.suggested_lr:.2e} (loss minimum at {self.min_loss_lr:.2e}, steepest descent at "
-            f"{self.steepest_lr:.2e}; unfreeze {self.unfreeze})"
+            f"{self.steepest_lr:.2e}; {self.setting()}; {self.trainable_params:,} trainable params)"
         )
 
 
@@ -77,7 +90,7 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike[str]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("head learning rate (backbone scaled by its ratio)")
     ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test, unfreeze {result.unfreeze}")
+    ax.set_title(f"LR range test, {result.setting()}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -90,6 +103,7 @@ def lr_find(
     train: Any,
     *,
     unfreeze: str = DEFAULT_UNFREEZE,
+    adapter: str | None = None,
     start_lr: float = 1e-7,
     end_lr: float = 1.0,
     steps: int = 100,
@@ -103,7 +117,9 @@ def lr_find(
     progress: ProgressCallback | None = None,
     **options: Any,
 ) -> LRFindResult:
-    """Run the range test; ``options`` are :class:`tlkit.finetuning.FinetuneOptions` fields (``head``,
+    """Run the range test on the parameters ``tlkit.finetune(..., unfreeze=unfreeze, adapter=adapter)`` would train
+    (with ``adapter``, e.g. ``"lora:r=8"``: the adapters in the ``unfreeze`` blocks and the head, the base frozen).
+    ``options`` are :class:`tlkit.finetuning.FinetuneOptions` fields (``head``,
     ``backbone_lr_ratio``, ``layer_decay``, ``batch_size``, ``bn_policy``, ``precision``, ``device``, ``workers``,
     ``seed``, ...); ``weights``, ``input_size`` and ``preprocess`` adjust a named backbone as in
     :func:`tlkit.finetune`. ``callback(step, steps, lr, loss)`` reports each step; ``progress`` receives
@@ -119,12 +135,12 @@ def lr_find(
         raise ConfigError(f"{{param}} must be at least 5, not {steps}", param="steps")
     check_option_names(lr_find, options)
     opts = FinetuneOptions.from_kwargs(
-        {"unfreeze": unfreeze, "epochs": 1, "head_epochs": 0, "val_split": 0.0, **options}
+        {"unfreeze": unfreeze, "adapter": adapter, "epochs": 1, "head_epochs": 0, "val_split": 0.0, **options}
     )
     runtime = resolve("finetune", opts.runtime_options(), env=False)
     with tempfile.TemporaryDirectory(prefix="tlkit-lrfind-") as tmp:
         inputs = FinetuneInputs(
-            backbone, train, Path(tmp) / "run", weights=weights, input_size=input_size, reader=reader,
+            _throwaway(backbone), train, Path(tmp) / "run", weights=weights, input_size=input_size, reader=reader,
             backbone_options=with_preprocess_option(None, preprocess, input_size),
             reader_options=dict(reader_options or {}),
         )  # fmt: skip
@@ -141,11 +157,23 @@ def lr_find(
     suggested, steepest, min_lr = suggest([curve.lrs[i] for i in finite], [curve.smoothed[i] for i in finite])
     result = LRFindResult(
         curve.lrs, curve.losses, curve.smoothed, suggested, steepest, min_lr, curve.diverged,
-        Path(output) if output else None, unfreeze,
+        Path(output) if output else None, unfreeze, adapter, curve.trainable_params,
     )  # fmt: skip
     if output:
         plot_lr_find(result, output)
     return result
+
+
+def _throwaway(backbone: str | Backbone) -> str | Backbone:
+    """A name as it is (the engine loads its own module); a loaded :class:`Backbone` as a shallow copy around a deep
+    copy of its module, so that the test's training (and any adapters it injects) never reaches the caller's."""
+    from tlkit.contract.backbone import Backbone
+
+    if not isinstance(backbone, Backbone) or not backbone.loaded:
+        return backbone
+    clone = copy.copy(backbone)
+    clone._module = copy.deepcopy(backbone.module)
+    return clone
 
 
 @dataclass
@@ -156,6 +184,7 @@ class _Curve:
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     diverged: bool = False
+    trainable_params: int = 0
     _avg: float = 0.0
     _best: float = math.inf
 
@@ -179,43 +208,45 @@ def _range_test(
     callback: Callable[[int, int, float, float], None] | None,
     clock: StageClock,
 ) -> _Curve:
-    """Train the prepared ``engine``'s model for up to ``steps`` batches at exponentially growing rates."""
-    import torch
+    """Train the prepared ``engine``'s model for up to ``steps`` optimizer steps at exponentially growing rates.
 
+    Each step is the engine's own: :meth:`Finetuner._forward_backward` over ``accumulate`` batches (its loss,
+    augmentation mixing and channels-last inputs), then :meth:`Finetuner._optimizer_step` (its gradient clipping and
+    scaler), on the parameters of the last phase: the adapters and the head with ``adapter``."""
+    from tlkit.finetuning.engine import EpochMeter
     from tlkit.finetuning.optim import set_group_rates
-    from tlkit.runtime.batching import to_device
 
-    model, optimizer, scaler, rt = engine.model, engine.optimizer, engine.scaler, engine.runtime
+    model = engine.model
     trainable = engine.trainable_by_phase[-1]
     model.set_trainable(trainable)
     params = [p for p in model.parameters() if p.requires_grad]
-    criterion = torch.nn.CrossEntropyLoss()
     engine._seed_epoch(0)
     model.train()
-    curve = _Curve()
+    engine.optimizer.zero_grad(set_to_none=True)
+    curve = _Curve(trainable_params=sum(p.numel() for p in params))
     batches = _batches(engine)
     for i in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))
-        batch = next(batches, None)
-        if batch is None:
-            break
-        if batch.inputs is None:
+        meter = EpochMeter(engine.device)
+        ended = False
+        for _ in range(engine.opts.accumulate):
+            batch = next(batches, None)
+            if batch is None:
+                ended = True
+                break
+            if batch.inputs is not None:
+                engine._forward_backward(batch, meter)
+        if not meter.seen:
+            if ended:
+                break
             continue
-        set_group_rates(optimizer, trainable, lr / engine.opts.lr)
-        with rt.autocast():
-            logits = model(to_device(batch.inputs, rt.device))
-        loss = criterion(logits.float(), batch.labels.to(rt.device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, engine.opts.grad_clip or 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        smooth = curve.add(lr, float(loss.detach()))
+        set_group_rates(engine.optimizer, trainable, lr / engine.opts.lr)
+        engine._optimizer_step(params)
+        smooth = curve.add(lr, float(meter.loss_sum) / meter.seen)
         if callback is not None:
             callback(i + 1, steps, lr, smooth)
         clock(i + 1, steps, f"lr {lr:.1e}  loss {smooth:.4f}", lr=lr, loss=smooth)
-        if curve.diverged:
+        if curve.diverged or ended:
             break
     return curve
 

@@ -222,7 +222,10 @@ class TransferModel(nn.Module):
 
         head_state = load_tensors(run_dir / HEAD_WEIGHTS, "copy the run directory again, or rerun tlkit finetune")
         recorded = config["backbone"]
-        backbone = (base if base is not None else backbone_from_record(recorded)).load()
+        if base is None:
+            base = backbone_from_record(recorded)
+            base.check_weights_available()  # the published base weights: one line offline, before the model library
+        backbone = base.load()
         fingerprint = backbone.fingerprint()
         if fingerprint != recorded.get("fingerprint"):
             raise BadInputError(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.errors import ConfigError
 from tlkit.finetuning.bn import DEFAULT_BN_POLICY, check_bn_policy
 from tlkit.finetuning.freeze import check_unfreeze_syntax
+from tlkit.finetuning.mixing import check_mixing
 from tlkit.finetuning.optim import DEFAULT_HEAD_LR, OPTIMIZERS, backbone_rate, block_rates
 from tlkit.finetuning.schedule import check_lr_schedule, parse_schedule
 
@@ -77,6 +78,8 @@ class FinetuneOptions:
     grad_clip: float | None = 1.0
     grad_checkpointing: bool = False
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     val_split: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -172,6 +175,9 @@ class FinetuneOptions:
             raise ConfigError(f"{{param}} is a fraction of each phase in [0, 1), not {self.warmup}", param="warmup")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"{{param}} must be positive (or omitted), not {self.grad_clip}", param="grad_clip")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"{{param}} must be in [0, 1), not {self.label_smoothing}", param="label_smoothing")
+        check_mixing(self.mixup, self.cutmix)
 
     def _check_validation(self, has_val: bool) -> None:
         if has_val and self.val_split is not None:

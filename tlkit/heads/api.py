@@ -309,8 +309,12 @@ def fit_head(
     from tlkit.heads.fit import build_torch_head, fit_estimator, fit_once, fit_torch
     from tlkit.heads.options import views_fitted_once
     from tlkit.heads.sweep import fit_sweep
+    from tlkit.heads.tables import whole_table_error
     from tlkit.heads.torch_heads import is_fitted_head
 
+    whole = opts.sweep or opts.head in CROSS_VALIDATED or opts.kind == "estimator"
+    if whole and not train.in_memory:  # these fit on every row at once: refused before anything is loaded
+        raise whole_table_error(train, "sweep" if opts.sweep else opts.head)
     if opts.sweep:
         return fit_sweep(train, val, opts, n_classes, emit, cross_validate=not val_given)
     if opts.head in CROSS_VALIDATED:
@@ -320,6 +324,8 @@ def fit_head(
     if opts.kind == "estimator":
         return fit_estimator(train, val, opts, n_classes, emit)
     head = build_torch_head(opts.head, opts.head_params, train.dim, n_classes, opts.seed)
+    if is_fitted_head(head) and not train.in_memory:
+        raise whole_table_error(train, opts.head)
     if is_fitted_head(head):
         if train.use_views:
             raise views_fitted_once(opts.head)

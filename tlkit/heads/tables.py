@@ -96,6 +96,25 @@ def fits_in_memory(n_rows: int, dim: int, n_views: int, device: Any = None) -> b
     return True
 
 
+def whole_table_error(table: FeatureTable, head: str) -> BadInputError:
+    """The one-line refusal of a head that fits on every row at once (``auto``, a sweep, k-NN, scikit-learn) when
+    the training rows do not fit the memory budget: it names the heads that stream the cache instead."""
+    need = len(table) * table.dim * 4 * (1 + (table.source.n_views if table.use_views else 0))
+    return BadInputError(
+        f"head {head!r} fits on all {len(table):,} training rows at once, and their {table.dim}-wide features "
+        f"({_gib(need)}) do not fit the memory budget ({_gib(memory_budget())}); train {{param}} linear or mlp, which "
+        f"stream the cache in chunks, or raise {MEMORY_BUDGET_ENV} if the machine has the memory",
+        param="head",
+    )
+
+
+def _gib(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 class FeatureTable:
     """Rows of a :class:`FeatureSource` on a device.
 
@@ -137,11 +156,17 @@ class FeatureTable:
             self._x = x.to(device)
             if self.use_views:
                 self._views = torch.stack(views_x).to(device)
-        else:
-            check_finite(source, self.rows, None, k)
+        self._unchecked = not self.in_memory  # streamed rows are checked on the first read, not here: a head that
+        # cannot stream is refused before the whole file is read (whole_table_error)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _check_finite(self) -> None:
+        """For a streamed table, refuse NaN or Inf rows (one chunked pass) before the first read uses them."""
+        if self._unchecked:
+            check_finite(self.source, self.rows, None, self.source.n_views if self.use_views else 0)
+            self._unchecked = False
 
     @property
     def dim(self) -> int:
@@ -177,6 +202,7 @@ class FeatureTable:
         ``augment``, one view is drawn per item); without one, rows come in order, clean."""
         import torch
 
+        self._check_finite()
         views = self.use_views and augment
         if self.in_memory:
             n = len(self)
@@ -240,6 +266,7 @@ class FeatureTable:
         """Every row's clean features as one tensor on the device (k-NN and scikit-learn heads need them all)."""
         if self._x is not None:
             return self._x
+        self._check_finite()
         return self._read(self.source.features, self.rows).to(self.device)
 
 

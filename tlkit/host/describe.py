@@ -31,11 +31,12 @@ _ATTR = "_tlkit_description"
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """One block as ``tlkit backbones info`` shows it."""
+    """One block as ``tlkit backbones info`` and ``tlkit blocks`` show it: parameters and parameter tensors."""
 
     name: str
     params: int
     reaches_output: bool = True
+    tensors: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,19 @@ class Description:
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"spec": self.spec.to_dict(), "fingerprint": self.fingerprint}
         if self.blocks is not None:
-            data["blocks"] = [[b.name, b.params, b.reaches_output] for b in self.blocks]
+            data["blocks"] = [[b.name, b.params, b.reaches_output, b.tensors] for b in self.blocks]
         return data
 
     @classmethod
     def from_data(cls, data: Any) -> Description | None:
         try:
             blocks = data.get("blocks")
+            if blocks is not None and any(len(b) != 4 for b in blocks):
+                blocks = None  # written before blocks had their tensor counts: described afresh when asked
             return cls(
                 BackboneSpec(**data["spec"]),
                 str(data["fingerprint"]),
-                None if blocks is None else tuple(BlockInfo(str(n), int(p), bool(r)) for n, p, r in blocks),
+                None if blocks is None else tuple(BlockInfo(str(n), int(p), bool(r), int(t)) for n, p, r, t in blocks),
                 memoised=True,
             )
         except (AttributeError, KeyError, TypeError, ValueError):
@@ -97,14 +100,24 @@ def memo_key(backbone: Backbone) -> dict[str, Any] | None:
 
 def _live(backbone: Backbone, blocks: bool) -> Description:
     """The description computed from the backbone itself (builds the architecture; blocks without weights)."""
-    infos = None
-    if blocks:
-        # Blocks are the architecture's: build it without downloading weights ("pretrained" may mean a download).
-        published = backbone.weights_kind() == WEIGHTS_PRETRAINED
-        arch = backbone.replace(weights=WEIGHTS_NONE) if published else backbone
-        module = arch.module
-        infos = tuple(BlockInfo(b.name, b.n_params(module), b.reaches_output) for b in arch.blocks())
-    return Description(backbone.spec, backbone.fingerprint(), infos)
+    return Description(backbone.spec, backbone.fingerprint(), _built_blocks(backbone) if blocks else None)
+
+
+def _built_blocks(backbone: Backbone) -> tuple[BlockInfo, ...]:
+    """The blocks, counted on the built architecture (never downloads: "pretrained" may mean a download)."""
+    published = backbone.weights_kind() == WEIGHTS_PRETRAINED
+    arch = backbone.replace(weights=WEIGHTS_NONE) if published else backbone
+    module = arch.module
+    return tuple(BlockInfo(b.name, b.n_params(module), b.reaches_output, len(b.params)) for b in arch.blocks())
+
+
+def describe_blocks(backbone: Backbone) -> tuple[BlockInfo, ...]:
+    """The backbone's blocks with their parameter counts (``tlkit blocks``): from the description memo when the
+    backbone can be keyed (:func:`memo_key`), else from the built architecture, without computing a fingerprint
+    (which, for a hub model, asks the hub)."""
+    if memo_key(backbone) is not None:
+        return describe(backbone, blocks=True).blocks or ()
+    return _built_blocks(backbone)
 
 
 def describe(backbone: Backbone, *, blocks: bool = False) -> Description:
@@ -143,4 +156,4 @@ def check_live(backbone: Backbone, fingerprint: str) -> None:
     )
 
 
-__all__ = ["BlockInfo", "Description", "check_live", "describe", "memo_key"]
+__all__ = ["BlockInfo", "Description", "check_live", "describe", "describe_blocks", "memo_key"]

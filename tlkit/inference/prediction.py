@@ -229,15 +229,25 @@ def _extract_raw(input_path: Path, run: HeadRun, runtime: Runtime, progress: Pro
         return _read_cache(cache_path, run)
 
 
+#: Items a fine-tuned prediction's loader plans together (text and audio are length-bucketed within it).
+PREDICT_WINDOW = 1024
+
+
 def _finetuned(run_dir: Path, input_path: Path, runtime: Runtime) -> tuple[_Features, list[str]]:
-    """Probabilities of a fine-tuned model on raw items (``x`` of the features record), and its class names."""
+    """Probabilities of a fine-tuned model on raw items (``x`` of the features record), and its class names.
+
+    The items are read and preprocessed by extraction's loader, so they decode as ``tlkit extract`` does: large
+    JPEGs at a reduced size for the model's resize, images as ``uint8`` batches normalised where the model runs,
+    batches prepared on every core between forward passes on a CPU (measured workers elsewhere), and
+    ``channels_last`` for convolutional networks."""
     import numpy as np
     import torch
 
-    from tlkit.finetuning.data import EpochSampler, ItemDataset, make_loader
+    from tlkit.extraction.loader import make_loader
+    from tlkit.finetuning.data import worker_copy
     from tlkit.finetuning.model import TransferModel
-    from tlkit.host.readers import open_dataset
-    from tlkit.runtime.batching import Backoff, slice_batch, to_device
+    from tlkit.host.readers import get_reader, open_dataset
+    from tlkit.runtime.batching import Backoff, prefers_channels_last, slice_batch, to_device
 
     if is_cache(input_path):
         raise BadInputError(
@@ -245,12 +255,19 @@ def _finetuned(run_dir: Path, input_path: Path, runtime: Runtime) -> tuple[_Feat
             f"that made the cache; pass the raw items instead"
         )
     model = TransferModel.from_run(run_dir, device=runtime.device)
-    dataset = open_dataset(input_path, modality=model.backbone_wrapper.spec.modality)
-    items = ItemDataset(dataset, model.backbone_wrapper, train=False)
+    wrapper = model.backbone_wrapper
+    dataset = open_dataset(input_path, modality=wrapper.spec.modality)
+    channels_last = prefers_channels_last(model, wrapper.modality)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     batch_size = int(runtime.batch_size or 1)  # the predict stage always has one
-    loader = make_loader(items, batch_size, EpochSampler(len(items), 0, shuffle=False), runtime)
-    probs = np.zeros((len(items), len(model.class_names)), dtype=np.float64)
-    done = np.zeros(len(items), dtype=bool)
+    n = len(dataset.records)
+    loader = make_loader(
+        dataset.records, get_reader(dataset), worker_copy(wrapper), runtime, batch=batch_size,
+        window=max(batch_size, PREDICT_WINDOW),
+    )  # fmt: skip
+    probs = np.zeros((n, len(model.class_names)), dtype=np.float64)
+    done = np.zeros(n, dtype=bool)
     skipped: list[tuple[str, str]] = [(s.id, s.reason) for s in dataset.skipped]  # named at listing time
     backoff: Backoff[torch.Tensor] = Backoff(runtime)
 
@@ -261,17 +278,17 @@ def _finetuned(run_dir: Path, input_path: Path, runtime: Runtime) -> tuple[_Feat
 
     with torch.inference_mode():
         for batch in loader:
-            skipped += [(dataset.records[i].id, reason) for i, reason in batch.skipped]
+            skipped += [(dataset.records[i].id, reason) for i, reason in batch.bad]
             if batch.inputs is None:
                 continue
-            inputs = to_device(batch.inputs, runtime.device)
-            idx = batch.indices.numpy()
+            inputs = to_device(batch.inputs, runtime.device, channels_last)
+            idx = np.asarray(batch.positions, dtype=np.int64)
             out = backoff.run(len(idx), functools.partial(forward, inputs), lambda parts: torch.cat(list(parts)))
             probs[idx] = out.cpu().numpy()
             done[idx] = True
     keep = np.flatnonzero(done)
     labels = np.array([r.label for r in dataset.records], dtype=np.int64)[keep]
-    ids = [dataset.records[i].id for i in keep]
+    ids = [dataset.records[int(i)].id for i in keep]
     return _Features(ids, probs[keep], labels, list(dataset.class_names), skipped), list(model.class_names)
 
 

@@ -45,8 +45,14 @@ def prefers_channels_last(module: Any, modality: str) -> bool:
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """``batch`` on ``device`` (asynchronous copies from pinned memory); 4-D tensors in ``channels_last`` if asked."""
+    """``batch`` on ``device`` (asynchronous copies from pinned memory); 4-D tensors in ``channels_last`` if asked.
+    A :class:`tlkit.contract.pixels.PixelBatch` travels as ``uint8`` and is normalised there."""
     import torch
+
+    from tlkit.contract.pixels import PixelBatch
+
+    if isinstance(batch, PixelBatch):
+        return batch.to(device, channels_last)
 
     def move(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device, non_blocking=True)

@@ -1,16 +1,36 @@
 """Device probes: the only place tlkit asks torch or the OS which devices and instruction sets exist.
 
-Each probe is cached: hardware does not change while a process runs.
+Each probe is cached: hardware does not change while a process runs. Where the OS alone can say "no" (no GPU device
+node on Linux, MPS anywhere but macOS), the probe says so without importing torch, which takes seconds: so resolving
+a runtime on a machine without an accelerator (and with it an up-to-date rerun's cache key) imports no torch.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import os
+import sys
+
+#: Device nodes through which a Linux process reaches a GPU: NVIDIA (``/dev/nvidia0``, ``/dev/nvidiactl``), NVIDIA
+#: Jetson (``/dev/nvhost-*``, ``/dev/nvgpu``, ``/dev/nvmap``), AMD ROCm (``/dev/kfd``) and WSL2 (``/dev/dxg``).
+#: Without any of them no CUDA (or HIP) device can be visible, whatever torch build is installed.
+GPU_DEVICE_NODES = ("/dev/nvidia*", "/dev/nvhost-*", "/dev/nvgpu", "/dev/nvmap", "/dev/kfd", "/dev/dxg")
+
+
+@functools.cache
+def gpu_possible() -> bool:
+    """Whether this process may see a CUDA/ROCm GPU. ``False`` only when that is certain without torch: on Linux with
+    none of :data:`GPU_DEVICE_NODES`. Elsewhere ``True`` ("ask torch")."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES)
 
 
 @functools.cache
 def cuda_available() -> bool:
+    if not gpu_possible():
+        return False  # certain without importing torch
     import torch
 
     return bool(torch.cuda.is_available())
@@ -32,6 +52,8 @@ def cuda_bf16_supported() -> bool:
 
 @functools.cache
 def mps_available() -> bool:
+    if sys.platform != "darwin":
+        return False  # Metal exists on macOS only; certain without importing torch
     import torch
 
     mps = getattr(torch.backends, "mps", None)

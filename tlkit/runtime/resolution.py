@@ -4,12 +4,19 @@ The CLI and the Python API build a :class:`RuntimeOptions` from what the user pa
 :class:`Runtime` that :func:`resolve` makes of it and never see ``auto``. This module (with
 :mod:`tlkit.runtime.probe`) is the only code that asks torch which devices exist; the policy is data in
 :mod:`tlkit.runtime.policy`.
+
+Resolving imports torch only when torch must answer (a GPU device node exists, macOS, a device type tlkit does not
+know): the resolved device is a name (``cpu``, ``cuda:0``), and :attr:`Runtime.device` makes the ``torch.device`` the
+first time the forward pass asks for it. So a command that only compares a cache key (an up-to-date rerun) on a
+machine without an accelerator never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +59,15 @@ class RuntimeOptions:
 class Runtime:
     """Where and how a stage computes, fully resolved: nothing here is ``auto``.
 
-    ``batch_size`` is ``None`` for stages whose batch is a training hyperparameter (fine-tuning); ``auto_batch``
-    says whether the batch may halve on out-of-memory. ``rank``/``world_size`` describe the torchrun job (0 and 1
-    when there is none).
+    ``device_name`` is the resolved device as torch writes it (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
+    :attr:`device` is the ``torch.device``, made (and torch imported) when first asked for. ``batch_size`` is
+    ``None`` for stages whose batch is a training hyperparameter (fine-tuning); ``auto_batch`` says whether the
+    batch may halve on out-of-memory. ``rank``/``world_size`` describe the torchrun job (0 and 1 when there is
+    none).
     """
 
     stage: str
-    device: torch.device
+    device_name: str
     precision: str
     batch_size: int | None
     auto_batch: bool
@@ -69,9 +78,16 @@ class Runtime:
     local_world_size: int = 1
     auto_workers: bool = False  # ``workers`` is a cap: the loader picks the count by measurement (measured_workers)
 
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """The ``torch.device`` (imports torch: the forward pass asks, a cache-key comparison does not)."""
+        import torch
+
+        return torch.device(self.device_name)
+
     @property
     def device_type(self) -> str:
-        return str(self.device.type)
+        return device_type_of(self.device_name)
 
     @property
     def is_main(self) -> bool:
@@ -111,7 +127,7 @@ class Runtime:
     def to_dict(self) -> dict[str, Any]:
         """JSON for run records and cache metadata."""
         return {
-            "stage": self.stage, "device": str(self.device), "precision": self.precision,
+            "stage": self.stage, "device": self.device_name, "precision": self.precision,
             "batch_size": self.batch_size, "auto_batch": self.auto_batch, "workers": self.workers,
             "rank": self.rank, "world_size": self.world_size,
         }  # fmt: skip
@@ -126,8 +142,8 @@ def resolve(stage: str, options: RuntimeOptions | None = None, *, env: DistEnv |
     """
     options = options or RuntimeOptions()
     denv = dist_env() if env is True else (env or None)
-    device = resolve_device(options.device, denv)
-    policy = stage_policy(stage, device.type)
+    device = _device_name(options.device, denv)
+    policy = stage_policy(stage, device_type_of(device))
     precision = HEAD_PRECISION if stage == "train" else resolve_precision(options.precision, device)
     batch, auto_batch = _batch_size(options.batch_size, policy.batch_size, policy.backoff)
     workers = _workers(options.workers, policy.workers_cap, denv.local_world_size if denv else 1)
@@ -162,51 +178,78 @@ def measured_workers(runtime: Runtime, prepare_s: float, step_s: float) -> int:
 
 
 def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then the CPU. Under torchrun, CUDA means this rank's ``cuda:LOCAL_RANK``."""
+    """``auto``: CUDA, then Apple MPS, then the CPU. Under torchrun, CUDA means this rank's ``cuda:LOCAL_RANK``.
+    (:func:`resolve` keeps the name and makes the ``torch.device`` only when it is used.)"""
     import torch
 
+    return torch.device(_device_name(device, env))
+
+
+#: Device names resolved without torch; any other name is checked by ``torch.device`` (which imports torch).
+_KNOWN_DEVICE = re.compile(r"(cpu|cuda|mps)(?::([0-9]+))?")
+
+
+def _device_name(device: str | None, env: DistEnv | None) -> str:
+    """The one device resolution: ``device`` as a checked name (``cpu``, ``cuda:1``), asking torch only when the OS
+    cannot answer (:mod:`tlkit.runtime.probe`)."""
     spec = (device or "auto").strip().lower()
     if spec == "auto":
         spec = "cuda" if probe.cuda_available() else "mps" if probe.mps_available() else "cpu"
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(
-            f"{{param}} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param="device"
-        ) from None
-    if dev.type == "cuda":
+    known = _KNOWN_DEVICE.fullmatch(spec)
+    if known is not None:
+        kind, index = known.group(1), None if known.group(2) is None else int(known.group(2))
+    else:
+        import torch
+
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise ConfigError(
+                f"{{param}} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param="device"
+            ) from None
+        kind, index = dev.type, dev.index
+    if kind == "cuda":
         if not probe.cuda_available():
             raise ConfigError(f"{{param}} {device}: CUDA is not available here; use cpu or auto", param="device")
         n = probe.cuda_device_count()
-        if env is not None and dev.index is None:
+        if env is not None and index is None:
             if env.local_rank >= n:
                 raise ConfigError(
                     f"local rank {env.local_rank} has no GPU (this node has {n}); start at most {n} processes per "
                     f"node (torchrun --nproc-per-node {n})"
                 )
-            dev = torch.device("cuda", env.local_rank)
-        if dev.index is not None and dev.index >= n:
+            index = env.local_rank
+        if index is not None and index >= n:
             raise ConfigError(f"{{param}} {device}: only {n} CUDA device(s) visible", param="device")
-        if dev.index is not None:
-            torch.cuda.set_device(dev)
-    elif dev.type == "mps" and not probe.mps_available():
+        if index is not None:
+            import torch
+
+            torch.cuda.set_device(torch.device("cuda", index))
+    elif kind == "mps" and not probe.mps_available():
         raise ConfigError(f"{{param}} {device}: Apple MPS is not available here; use cpu or auto", param="device")
-    return dev
+    return kind if index is None else f"{kind}:{index}"
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """``auto`` per :data:`tlkit.runtime.policy.AUTO_PRECISION`; an explicit choice is checked against the device."""
+def device_type_of(device: str | torch.device) -> str:
+    """The type of a device or device name: ``cuda`` for ``cuda:1`` (without importing torch for a name)."""
+    return device.partition(":")[0] if isinstance(device, str) else str(device.type)
+
+
+def resolve_precision(precision: str | None, device: str | torch.device) -> str:
+    """``auto`` per :data:`tlkit.runtime.policy.AUTO_PRECISION`; an explicit choice is checked against the device
+    (a ``torch.device`` or a resolved device name)."""
+    kind = device_type_of(device)
     p = (precision or "auto").strip().lower()
     if p not in PRECISIONS:
         raise ConfigError(f"{{param}} must be one of {', '.join(PRECISIONS)}, not {precision!r}", param="precision")
-    rule = AUTO_PRECISION.get(device.type, "bf16-native")
+    rule = AUTO_PRECISION.get(kind, "bf16-native")
     if p == "auto":
         if rule == "bf16-or-fp16":
             return "bf16" if probe.cuda_bf16_supported() else "fp16"
         if rule == "bf16-native":
             return "bf16" if probe.cpu_has_native_bf16() else "fp32"
         return rule
-    if p == "bf16" and device.type == "cuda" and not probe.cuda_bf16_supported():
+    if p == "bf16" and kind == "cuda" and not probe.cuda_bf16_supported():
         raise ConfigError("{param} bf16: this GPU has no bf16 support; use fp16 or auto", param="precision")
     return p
 
@@ -240,6 +283,7 @@ __all__ = [
     "MIN_WORKER_SHARE",
     "Runtime",
     "RuntimeOptions",
+    "device_type_of",
     "measured_workers",
     "resolve",
     "resolve_device",

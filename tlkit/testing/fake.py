@@ -79,18 +79,34 @@ class FakeImageBackbone(Backbone):
         return module
 
     def preprocess_item(self, item: Any, *, train: bool = False) -> torch.Tensor:
+        """The item as a ``uint8`` CHW tensor at the input size (resized; cropped and flipped at random for
+        training); :meth:`collate` scales and normalises the whole batch at once, the same numbers as per item at
+        a fraction of the cost (a fake backbone must stay cheap next to the data it reads)."""
         import torch
         from torchvision.transforms import v2
+        from torchvision.transforms.v2 import functional as F
 
+        size = list(self.spec.preprocess["input_size"][1:])
+        if not train:
+            x = _pixels(item)
+            return x if list(x.shape[1:]) == size else F.resize(x, size, antialias=True)
+        steps: dict[bool, Any] = self.__dict__.setdefault("_train_steps", {})
+        if train not in steps:  # built once: a v2 pipeline costs more to build than to run on a small image
+            steps[train] = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                                       v2.RandomHorizontalFlip()])  # fmt: skip
+        out: torch.Tensor = steps[train](item).as_subclass(torch.Tensor)
+        return out
+
+    def collate(self, processed: Sequence[Any]) -> torch.Tensor:
+        """Stack the items; ``uint8`` ones are scaled to [0, 1] and normalised with the spec's mean and std."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        batch = torch.stack([torch.as_tensor(p) for p in processed])
+        if batch.dtype != torch.uint8:
+            return batch
         cfg = self.spec.preprocess
-        size = tuple(cfg["input_size"][1:])
-        steps: list[Any] = [v2.ToImage()]
-        if train:
-            steps += [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        else:
-            steps += [v2.Resize(size, antialias=True)]
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"])]
-        out: torch.Tensor = v2.Compose(steps)(item)
+        out: torch.Tensor = F.normalize(F.to_dtype(batch, torch.float32, scale=True), cfg["mean"], cfg["std"])
         return out
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -117,6 +133,19 @@ class FakeImageBackbone(Backbone):
         return blocks_from_prefixes(
             self.module, [("stem", ["stem"]), ("stages.0", ["stages.0"]), ("stages.1", ["stages.1"])], "stages.1"
         )
+
+
+def _pixels(item: Any) -> torch.Tensor:
+    """An image as a ``uint8`` CHW tensor: an RGB PIL image through one copy of its buffer, anything else (arrays,
+    tensors, other modes) through torchvision's ``to_image``; the same values either way."""
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    if getattr(item, "mode", None) == "RGB" and hasattr(item, "getbands"):
+        return torch.from_numpy(np.array(item, np.uint8)).permute(2, 0, 1)
+    out: torch.Tensor = F.to_image(item).as_subclass(torch.Tensor)
+    return out
 
 
 class FakeTextBackbone(Backbone):
