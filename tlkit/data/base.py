@@ -76,6 +76,9 @@ class Reader(ABC):
     name: str = ""
     modality: str = "image"
     extensions: tuple[str, ...] = ()
+    #: Whether :meth:`load` returns :func:`tlkit.data.image.decode_image`'s result unchanged, so that extraction may
+    #: ask it for ``uint8`` pixels (:func:`tlkit.data.image.pixel_decoding`) instead of a PIL image.
+    returns_decoded_images: bool = False
 
     def can_read(self, path: Path) -> bool:
         """Whether this reader understands ``path`` (used to pick a reader for a modality). A URL is taken as a

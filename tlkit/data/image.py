@@ -24,8 +24,7 @@ class ImageReader(Reader):
     name = "image"
     modality = "image"
     extensions = IMAGE_EXTENSIONS
-    #: ``load`` returns :func:`decode_image`'s result unchanged, so under :func:`pixel_decoding` it may be a tensor.
-    returns_decoded_images = True
+    returns_decoded_images = True  # load returns decode_image's result: a tensor under pixel_decoding
 
     def load(self, record: Record) -> Any:
         return decode_image(read_item(record.source, record.id), record.id)  # a URL's bytes, or the path
@@ -170,13 +169,14 @@ def pixel_decoding(enabled: bool = True) -> Iterator[None]:
         _PIXELS.reset(token)
 
 
-def _reduces(im: Any, min_side: int | None) -> bool:
-    return bool(min_side) and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * int(min_side or 0)
+def _reduces(size: tuple[int, int], min_side: int | None) -> bool:
+    """Whether a JPEG of ``size`` decodes at a reduced size for ``min_side``: its shortest side is at least twice it."""
+    return bool(min_side) and min(size) >= 2 * int(min_side or 0)
 
 
 def _draft(im: Any, min_side: int | None) -> None:
     """Ask a JPEG for DCT-scaled decoding (1/2, 1/4, 1/8) that keeps both sides at least ``min_side``."""
-    if _reduces(im, min_side):
+    if im.format in ("JPEG", "MPO") and _reduces(im.size, min_side):
         im.draft(None, (min_side, min_side))
 
 
@@ -191,7 +191,7 @@ def _jpeg_pixels(data: bytes, min_side: int | None) -> Any:
     width, height, components = frame
     if components not in (1, 3) or width * height > MAX_IMAGE_PIXELS:
         return None
-    if min_side and min(width, height) >= 2 * min_side:
+    if _reduces((width, height), min_side):
         return None
     import warnings
 

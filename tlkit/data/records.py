@@ -48,6 +48,15 @@ def _np() -> Any:
     return np
 
 
+def _position(i: int, n: int) -> int:
+    """Index ``i`` of a sequence of ``n`` (negative from the end) as a position, or :class:`IndexError`."""
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(i)
+    return i
+
+
 class PackedStrings(Sequence[str]):
     """Strings in one byte buffer with an offset per string (UTF-8; surrogate-escaped bytes of non-UTF-8 file
     names are kept, as in :func:`tlkit.data.ids.id_bytes`)."""
@@ -103,17 +112,10 @@ class PackedStrings(Sequence[str]):
             if step != 1:
                 return self.take(_np().arange(a, b, step))
             return PackedStrings(self._blob, self._offsets[a : max(a, b) + 1])
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
-        return id_from_bytes(self._blob[int(self._offsets[i]) : int(self._offsets[i + 1])])
+        return id_from_bytes(self.raw(_position(i, len(self))))
 
     def __iter__(self) -> Iterator[str]:
-        blob, offsets = self._blob, self._offsets.tolist()
-        for a, b in zip(offsets, offsets[1:], strict=False):
-            yield id_from_bytes(blob[a:b])
+        return map(id_from_bytes, self.raw_items())
 
     def raw_items(self) -> Iterator[bytes]:
         """The encoded strings, in order."""
@@ -141,6 +143,11 @@ class PackedStrings(Sequence[str]):
     def nbytes(self) -> int:
         """Bytes of string data (without the offsets)."""
         return int(self._offsets[-1] - self._offsets[0]) if len(self._offsets) else 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the buffers hold (the whole buffer a slice shares, and the offsets)."""
+        return len(self._blob) + int(self._offsets.nbytes)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PackedStrings):
@@ -413,12 +420,7 @@ class RecordTable(Sequence[Record]):
             b = max(a, b)
             return RecordTable(self.ids[a:b], self.sources.slice(a, b), self.labels[a:b], self.lengths[a:b],
                                self.stamps[a:b])  # fmt: skip
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(i)
-        return self.record(i)
+        return self.record(_position(i, len(self)))
 
     def __iter__(self) -> Iterator[Record]:
         for i in range(len(self)):
@@ -434,10 +436,12 @@ class RecordTable(Sequence[Record]):
     @property
     def nbytes(self) -> int:
         """Bytes held by the table's buffers (Python lists of a column that could not be packed not counted)."""
-        total = self.labels.nbytes + self.lengths.nbytes
-        for strings in (self.ids, self.stamps):
-            total += len(strings._blob) + strings._offsets.nbytes
-        return total + _column_bytes(self.sources)
+        return (
+            int(self.labels.nbytes + self.lengths.nbytes)
+            + self.ids.held_bytes
+            + self.stamps.held_bytes
+            + (_column_bytes(self.sources))
+        )
 
     def with_labels(self, labels: np.ndarray) -> RecordTable:
         return RecordTable(self.ids, self.sources, labels, self.lengths, self.stamps)
@@ -459,7 +463,7 @@ def _column_bytes(column: Column) -> int:
     if isinstance(column, _CodedColumn):
         return int(column.codes.nbytes) + sum(len(v or "") for v in column.values)
     if isinstance(column, _PackedColumn):
-        return len(column.strings._blob) + int(column.strings._offsets.nbytes)
+        return column.strings.held_bytes
     if isinstance(column, _TupleColumn):
         return sum(_column_bytes(f) for f in column.fields)
     return 0
@@ -489,6 +493,11 @@ class RecordBuilder:
             self._ids.build(), self._sources.build(), np.frombuffer(self._labels, np.int64).copy(),
             np.frombuffer(self._lengths, np.int64).copy(), self._stamps.build(),
         )  # fmt: skip
+
+
+def as_packed(strings: Sequence[str]) -> PackedStrings:
+    """``strings`` as :class:`PackedStrings` (as they are when they already are)."""
+    return strings if isinstance(strings, PackedStrings) else PackedStrings.of(strings)
 
 
 def take(records: Sequence[Record], indices: Any) -> Sequence[Record]:
@@ -536,6 +545,7 @@ __all__ = [
     "RecordBuilder",
     "RecordTable",
     "StringsBuilder",
+    "as_packed",
     "id_label_stamp",
     "item_id",
     "item_stamp",

@@ -40,14 +40,10 @@ class StreamReader(Reader):
             raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
         self.modality = modality
         self.name = f"{self.format}-{modality}"
+        self.returns_decoded_images = modality == "image"  # images come from decode_image unchanged
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.modality!r})"
-
-    @property
-    def returns_decoded_images(self) -> bool:
-        """Images come from :func:`tlkit.data.image.decode_image` unchanged (so extraction may ask it for pixels)."""
-        return self.modality == "image"
 
     def __getstate__(self) -> dict[str, Any]:  # open files and row-group caches never travel to a worker
         return {"modality": self.modality}

@@ -11,13 +11,12 @@ folder listings, a missing bucket) is a one-line error that says what to give in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from tlkit.data.listing import NOT_FOUND, Skipped
+from tlkit.data.listing import NOT_FOUND
 from tlkit.data.remote import file_stamp, filesystem, is_url, unreachable
 from tlkit.errors import BadInputError, BadItemError
 
@@ -127,13 +126,4 @@ def read_item(source: Any, item_id: str) -> Any:
     return data
 
 
-def remote_skips(url: str, names: list[str]) -> list[Skipped]:
-    """Files at the folder's top level when it has class folders: skips, as for a local folder."""
-    return [
-        Skipped(name, f"outside the class folders (the sub-folders of {os.path.basename(url.rstrip('/'))} are the "
-                      "classes); move it into a class folder")
-        for name in names
-    ]  # fmt: skip
-
-
-__all__ = ["RemoteFile", "file_stamp_of", "join", "list_folder", "local_path", "read_item", "read_text", "remote_skips"]
+__all__ = ["RemoteFile", "file_stamp_of", "join", "list_folder", "local_path", "read_item", "read_text"]

@@ -25,7 +25,7 @@ from tlkit.cache.format import read_strings, timestamp
 from tlkit.cache.storage import write_error
 from tlkit.cache.workdir import Segment, WorkDir
 from tlkit.data.base import UNLABELLED, Record, Skipped
-from tlkit.data.records import PackedStrings, item_id, labels_of, take
+from tlkit.data.records import PackedStrings, as_packed, item_id, labels_of, take
 from tlkit.errors import BadInputError, CacheError, FingerprintMismatchError
 from tlkit.extraction.known import FinalTable, Known
 from tlkit.extraction.plan import ExtractJob, backbone_info, shard_range
@@ -290,18 +290,17 @@ class _Run:
         table = known.final_rows(self.selection, todo_at)
         if self.keep_existing and base is not None:
             chosen = set(table.ids)
-            extra = [
-                (i, s, base["_labels"][r]) for r, (i, s) in enumerate(zip(base["_ids"], base["_stamps"], strict=True))
-                if i not in chosen and (known.index.find(i) or ("", -1, -1))[1] == 0
-            ]  # fmt: skip
+            extra = []  # (id, stamp, label, row) of the old cache's rows (source 0) that this run did not choose
+            for r, (i, s) in enumerate(zip(base["_ids"], base["_stamps"], strict=True)):
+                hit = known.index.find(i) if i not in chosen else None
+                if hit is not None and hit[1] == 0:
+                    extra.append((i, s, int(base["_labels"][r]), hit[2]))
             table = FinalTable(
-                PackedStrings.concat([PackedStrings.of(e[0] for e in extra), _packed(table.ids)]),
+                PackedStrings.concat([PackedStrings.of(e[0] for e in extra), as_packed(table.ids)]),
                 np.concatenate([np.zeros(len(extra), np.int32), table.src]),
-                np.concatenate(
-                    [np.asarray([(known.index.find(e[0]) or ("", 0, 0))[2] for e in extra], np.int64), table.rows]
-                ),  # fmt: skip
-                np.concatenate([np.asarray([int(e[2]) for e in extra], np.int64), table.labels]),
-                PackedStrings.concat([PackedStrings.of(e[1] for e in extra), _packed(table.stamps)]),
+                np.concatenate([np.asarray([e[3] for e in extra], np.int64), table.rows]),
+                np.concatenate([np.asarray([e[2] for e in extra], np.int64), table.labels]),
+                PackedStrings.concat([PackedStrings.of(e[1] for e in extra), as_packed(table.stamps)]),
             )
         return table
 
@@ -382,10 +381,6 @@ class _Run:
         except OSError as exc:
             raise write_error(self.output, exc, kept="finished rows are kept") from exc
         work.remove()
-
-
-def _packed(strings: Sequence[str]) -> PackedStrings:
-    return strings if isinstance(strings, PackedStrings) else PackedStrings.of(strings)
 
 
 def _tlkit_version() -> str:

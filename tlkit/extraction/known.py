@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tlkit.cache.workdir import Segment
 from tlkit.data.base import Record, load_or_skip
 from tlkit.data.listing import is_transient
-from tlkit.data.records import PackedStrings, RecordTable, item_id, item_stamp, labels_of
+from tlkit.data.records import RecordTable, as_packed, item_id, item_stamp, labels_of
 from tlkit.errors import CacheError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Known:
         """A complete cache's rows and skips; rows of caches added earlier win."""
         self.sources.append(path)
         si = len(self.sources) - 1
-        self.index.add(si, _packed(meta["_ids"]), _packed(meta["_stamps"]), -self.n_caches)
+        self.index.add(si, as_packed(meta["_ids"]), as_packed(meta["_stamps"]), -self.n_caches)
         self.n_caches += 1
         for sk in meta.get("skipped", []):
             if "stamp" in sk and self.index.find(sk["id"]) is None:
@@ -217,10 +217,6 @@ def _ids(records: Sequence[Record]) -> Iterator[str]:
     else:
         for r in records:
             yield r.id
-
-
-def _packed(strings: Sequence[str]) -> Sequence[str]:
-    return strings if isinstance(strings, PackedStrings) else PackedStrings.of(strings)
 
 
 __all__ = ["FinalTable", "Known", "RowIndex"]

@@ -82,7 +82,7 @@ class ItemSource:
                 self.pixels = backbone.pixel_pipeline()
             except Exception:  # noqa: BLE001 - a transform that cannot be built fails per item, with its reason
                 self.pixels = None
-        self._pixel_reader = bool(getattr(reader, "returns_decoded_images", False))
+        self._pixel_reader = reader.returns_decoded_images
 
     def __len__(self) -> int:
         return len(self.records)

@@ -324,9 +324,9 @@ def fit_head(
     if opts.kind == "estimator":
         return fit_estimator(train, val, opts, n_classes, emit)
     head = build_torch_head(opts.head, opts.head_params, train.dim, n_classes, opts.seed)
-    if is_fitted_head(head) and not train.in_memory:
-        raise whole_table_error(train, opts.head)
     if is_fitted_head(head):
+        if not train.in_memory:
+            raise whole_table_error(train, opts.head)
         if train.use_views:
             raise views_fitted_once(opts.head)
         if opts.class_weight:

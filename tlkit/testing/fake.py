@@ -90,11 +90,12 @@ class FakeImageBackbone(Backbone):
         if not train:
             x = _pixels(item)
             return x if list(x.shape[1:]) == size else F.resize(x, size, antialias=True)
-        steps: dict[bool, Any] = self.__dict__.setdefault("_train_steps", {})
-        if train not in steps:  # built once: a v2 pipeline costs more to build than to run on a small image
-            steps[train] = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-                                       v2.RandomHorizontalFlip()])  # fmt: skip
-        out: torch.Tensor = steps[train](item).as_subclass(torch.Tensor)
+        pipeline = self.__dict__.get("_train_pipeline")
+        if pipeline is None:  # built once: a v2 pipeline costs more to build than to run on a small image
+            pipeline = self.__dict__["_train_pipeline"] = v2.Compose(
+                [v2.ToImage(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            )
+        out: torch.Tensor = pipeline(item).as_subclass(torch.Tensor)
         return out
 
     def collate(self, processed: Sequence[Any]) -> torch.Tensor:
