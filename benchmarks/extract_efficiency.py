@@ -3,9 +3,10 @@
 A: ``tlkit.extract(backbone, folder, cache)`` with an already-loaded backbone: scan, decode, preprocess in
    DataLoader workers, collate, transfer, forward, the writer thread's segment files, and the final cache file.
 B: the same model, precision, memory format and batches, already decoded and preprocessed, in a bare loop
-   (``Runner.forward``, which is ``backbone.embed`` under inference_mode and autocast).
+   (``Runner.forward``, which is ``backbone.embed`` under inference_mode and autocast, BatchNorms folded as in A).
+C: B without BatchNorm folding (``Runner(fold=False)``), to show what folding gains.
 
-Throughput is items/s. Runs alternate A B A B ... after one warm-up each; figures are medians of ``--reps``.
+Throughput is items/s. Runs alternate A B C A B C ... after one warm-up each; figures are medians of ``--reps``.
 The last line is the headline ratio A/B (goal >= 0.90).
 
     python benchmarks/extract_efficiency.py                     # timm/resnet18 random init, 128 photos
@@ -61,7 +62,7 @@ def main() -> None:
     reader = get_reader(ds)
     items = [bb.preprocess_item(reader.load(r)) for r in ds.records]
     batches = [bb.collate(items[a : a + args.batch_size]) for a in range(0, n, args.batch_size)]
-    runner = Runner(bb, runtime)
+    runner = Runner(bb, runtime)  # for its memory format only; each bare run opens its own (and folds, as A does)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -78,22 +79,32 @@ def main() -> None:
         run_a.workers = res.workers  # type: ignore[attr-defined]
         return time.perf_counter() - t
 
-    def run_b() -> float:
+    def bare(fold: bool) -> float:
         sync()
         t = time.perf_counter()
-        for b in batches:
-            x = runner.to_device(b)
-            feats, _, _ = runner.forward(x, [], int(x.shape[0]))
-            feats.float().cpu()
+        with Runner(bb, runtime, fold=fold) as r:
+            for b in batches:
+                x = r.to_device(b)
+                feats, _, _ = r.forward(x, [], int(x.shape[0]))
+                feats.float().cpu()
+            if fold:
+                bare.folded = r.folded  # type: ignore[attr-defined]
         sync()
         return time.perf_counter() - t
 
-    run_a(), run_b()  # warm-up
-    ta, tb = [], []
+    def run_b() -> float:
+        return bare(True)
+
+    def run_c() -> float:
+        return bare(False)
+
+    run_a(), run_b(), run_c()  # warm-up
+    ta, tb, tc = [], [], []
     for _ in range(args.reps):
         ta.append(run_a())
         tb.append(run_b())
-    a, b = n / statistics.median(ta), n / statistics.median(tb)
+        tc.append(run_c())
+    a, b, c = n / statistics.median(ta), n / statistics.median(tb), n / statistics.median(tc)
     print(f"# {machine()}")
     print(f"# {args.backbone} (random init), {n} images from {data}, batch {args.batch_size}, {prec}, "
           f"device {dev}, channels_last {runner.channels_last}, workers {args.workers} ({run_a.workers}), "
@@ -101,6 +112,9 @@ def main() -> None:
     print(f"{'run':<34}{'median s':>10}{'items/s':>10}")
     print(f"{'A: tlkit.extract end to end':<34}{statistics.median(ta):>10.2f}{a:>10.1f}")
     print(f"{'B: bare forward, pre-decoded':<34}{statistics.median(tb):>10.2f}{b:>10.1f}")
+    print(f"{'C: B without BatchNorm folding':<34}{statistics.median(tc):>10.2f}{c:>10.1f}")
+    folded = bare.folded  # type: ignore[attr-defined]
+    print(f"# BatchNorms folded into their convolutions in A and B: {folded}; folding gains B/C = {b / c:.2f}")
     print(f"headline: extraction efficiency A/B = {a / b:.2f} (goal >= 0.90)")
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from tlkit.cache import FeatureCache
 from tlkit.contract.pixels import PixelBatch
 from tlkit.data.base import Reader, Record
 from tlkit.data.image import ImageReader, decode_image, jpeg_frame, pixel_decoding, reduced_decoding
+from tlkit.extraction.forward import Runner
 from tlkit.extraction.loader import make_loader
 from tlkit.host.readers import get_reader
 from tlkit.runtime import RuntimeOptions, resolve
@@ -133,7 +134,7 @@ def test_a_pixel_batch_is_the_per_item_batch(jpegs: Path) -> None:
 def test_extraction_on_the_pixel_path_computes_the_per_item_features(jpegs: Path, tmp_path: Path) -> None:
     """A worker process gives the reference rows bit for bit, in-process threads up to the float noise of a forward
     pass on two threads instead of one; the reference decodes with Pillow, preprocesses each item with the model's
-    transform and collates."""
+    transform, collates, and runs the same forward (BatchNorms folded, as extraction does)."""
     bb = tlkit.get_backbone("effnet/lite0", weights="none", preprocess=SMALL).load()
     torch.set_num_threads(2)  # two preparing threads, even on a one-core runner
     try:
@@ -145,10 +146,10 @@ def test_extraction_on_the_pixel_path_computes_the_per_item_features(jpegs: Path
     with FeatureCache(tmp_path / "auto.h5") as a, FeatureCache(tmp_path / "worker.h5") as b:
         ids, x, y = list(a.ids), np.asarray(a.features[:]), np.asarray(b.features[:])
         assert list(b.ids) == ids and len(ids) == 7
-    with torch.inference_mode():
-        items = [bb.preprocess_item(decode_image(jpegs / i)) for i in ids]
+    items = [bb.preprocess_item(decode_image(jpegs / i)) for i in ids]
+    with Runner(bb, resolve("extract", RuntimeOptions.of("cpu", "fp32", 4, 0), env=None)) as runner:
         ref = np.concatenate(
-            [bb.embed(bb.collate(items[a : a + 4]).contiguous(memory_format=torch.channels_last)).numpy()
+            [runner.forward(runner.to_device(bb.collate(items[a : a + 4])), [], len(items[a : a + 4]))[0].numpy()
              for a in range(0, len(items), 4)]
         )  # fmt: skip
     assert np.array_equal(y, ref)

@@ -142,25 +142,25 @@ def embed_records(
 
     on_error = check_on_error(on_error)
     backbone.load()
-    runner = Runner(backbone, runtime)
     batch = batch_size_of(runtime)
     loader = make_loader(records, reader, backbone, runtime, batch=batch, window=max(len(records), 1), decode=decode)
     out: dict[int, np.ndarray] = {}
     skipped: list[Skipped] = []
-    for b in loader:
-        for pos, reason in b.bad:
-            if on_error == "fail":
-                raise BadInputError(f"{records[pos].id}: {reason}; fix or remove it, or set {{param}} to skip",
-                                    param="on_error")  # fmt: skip
-            skipped.append(Skipped(records[pos].id, reason))
-        if b.positions:
-            feats, _, _ = runner.forward(runner.to_device(b.inputs), [], len(b.positions))
-            arr = feats.float().cpu().numpy()
-            for i, p in enumerate(b.positions):
-                if np.isfinite(arr[i]).all():
-                    out[p] = arr[i]
-                else:  # never a NaN row: a named skip, as in a cache
-                    skipped.append(Skipped(records[p].id, NONFINITE_REASON))
+    with Runner(backbone, runtime) as runner:
+        for b in loader:
+            for pos, reason in b.bad:
+                if on_error == "fail":
+                    raise BadInputError(f"{records[pos].id}: {reason}; fix or remove it, or set {{param}} to skip",
+                                        param="on_error")  # fmt: skip
+                skipped.append(Skipped(records[pos].id, reason))
+            if b.positions:
+                feats, _, _ = runner.forward(runner.to_device(b.inputs), [], len(b.positions))
+                arr = feats.float().cpu().numpy()
+                for i, p in enumerate(b.positions):
+                    if np.isfinite(arr[i]).all():
+                        out[p] = arr[i]
+                    else:  # never a NaN row: a named skip, as in a cache
+                        skipped.append(Skipped(records[p].id, NONFINITE_REASON))
     kept = sorted(out)
     dim = backbone.spec.embed_dim if not kept else out[kept[0]].shape[0]
     X = np.stack([out[p] for p in kept]) if kept else np.zeros((0, dim), np.float32)

@@ -2,7 +2,9 @@
 
 :class:`Runner` moves batches to the device (``channels_last`` for convolutional image networks), embeds them under
 ``torch.inference_mode`` and the runtime's autocast (the final embedding, chosen blocks and augmented views in one
-pass), and backs off on out-of-memory with :class:`tlkit.runtime.batching.Backoff`.
+pass), and backs off on out-of-memory with :class:`tlkit.runtime.batching.Backoff`. On the first batch it folds
+BatchNorms into their convolutions (:mod:`tlkit.extraction.fold`), on a copy that is checked against the original and
+used only while the runner is open; the caller's backbone is given back unchanged by :meth:`Runner.close`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ class Runner:
     """Runs a loaded backbone on batches: device, autocast, ``channels_last``, out-of-memory back-off."""
 
     def __init__(
-        self, backbone: Backbone, runtime: Runtime, layers: Sequence[str] = (), store_dtype: str = "float32"
+        self,
+        backbone: Backbone,
+        runtime: Runtime,
+        layers: Sequence[str] = (),
+        store_dtype: str = "float32",
+        fold: bool = True,
     ) -> None:
         import torch
 
         self.backbone, self.runtime, self.layers = backbone, runtime, list(layers)
+        self.fold, self.folded = fold, 0  # whether to fold BatchNorms; how many were folded
+        self._original: Any = None  # the caller's network while the folded copy is in use
         self.backoff: Backoff[Embedded] = Backoff(runtime)
         self.checked = False  # the first batch's output is checked against the spec (width, modality)
         self.out_dtype = torch.float16 if store_dtype == "float16" else torch.float32
@@ -40,6 +49,42 @@ class Runner:
         self.channels_last = prefers_channels_last(module, backbone.modality)
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the backbone its own network back (a no-op when nothing was folded)."""
+        if self._original is not None:
+            self.backbone._module = self._original
+            self._original = None
+
+    def _fold(self, batch: Any) -> None:
+        """Fold BatchNorms on a copy, checked in fp32 on the first row of the first batch."""
+        import torch
+
+        from tlkit.extraction.fold import folded_copy
+
+        original = self.backbone.module
+        sample = slice_batch(batch, 0, 1)
+
+        def run(module: Any) -> torch.Tensor:
+            self.backbone._module = module
+            try:
+                with torch.inference_mode():
+                    return self.backbone.embed(sample)
+            finally:
+                self.backbone._module = original
+
+        network, self.folded = folded_copy(original, run)
+        if self.folded:
+            if self.channels_last:
+                network.to(memory_format=torch.channels_last)
+            self._original = original
+            self.backbone._module = network
 
     def to_device(self, batch: Any) -> Any:
         return to_device(batch, self.runtime.device, self.channels_last)
@@ -68,6 +113,8 @@ class Runner:
                 return self._forward_once(batch, views)
             return self._forward_once(slice_batch(batch, a, b), [slice_batch(v, a, b) for v in views])
 
+        if self.fold and not self.checked and self._original is None:
+            self._fold(batch)
         out = self.backoff.run(n, part, _join)
         if not self.checked:
             check_first_output(self.backbone, out[0], n)

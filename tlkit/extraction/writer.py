@@ -192,6 +192,7 @@ def compute_segments(
             emit(progress, ProgressEvent("extract", done, n, len(out.skipped), time.perf_counter() - started,
                                          info={"committed": committed[0]}))  # fmt: skip
     finally:
+        runner.close()
         writer.queue.put(None)
         writer.join()
     if writer.error is not None:
