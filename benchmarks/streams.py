@@ -2,12 +2,14 @@
 
 Measures, each run in its own child process (so its peak memory and CPU time are its own):
 
-1. throughput, single process (``workers=0``), three ways over the same shards, interleaved ``--reps`` times:
-   ``read`` lists the shards and reads and decodes every item with the reader (what "reading the shards alone" is);
-   ``bare`` does that plus the backbone's preprocessing and forward pass in a plain loop (the same work without
-   tlkit's engine: no loader, writer, segments or final file); ``extract`` is ``tlkit.extract`` into a cache.
-   Both wall-clock and CPU-time items/s are recorded (on a shared machine CPU time is the steadier measure);
-   ``extract/read`` is the issue's ratio, ``extract/bare`` the engine's own overhead.
+1. throughput, four ways over the same shards, interleaved ``--reps`` times:
+   ``read`` lists the shards and reads and decodes every item with the reader, in one process (what "reading the
+   shards alone" is); ``bare`` does that plus the backbone's preprocessing and forward pass in a plain loop (the
+   same work without tlkit's engine: no loader, writer, segments or final file); ``extract`` is ``tlkit.extract``
+   into a cache in one process (``workers=0``); ``extract_auto`` is ``tlkit.extract`` with its defaults (listing
+   processes and ``--workers auto``), what a user runs. Wall-clock and CPU-time items/s are recorded (on a shared
+   machine CPU time is the steadier measure of the one-process runs); ``extract_auto/read`` is the issue's ratio,
+   ``extract/bare`` the engine's own overhead.
 2. peak memory (max RSS) of extracting N items vs a dataset of N/10 items (the first shards);
 3. merging 8 parts (``--shard i/8``) into one cache: copying vs ``--virtual``.
 
@@ -89,8 +91,9 @@ def child(task: str, pattern: str, out: str, limit: int | None, shard: str | Non
         n = len(records)
     else:
         Path(out).unlink(missing_ok=True)  # a fresh extraction every time (an existing cache would be up to date)
-        res = tlkit.extract("fake/image", pattern, out, precision="fp32", workers=0, batch_size=256, limit=limit,
-                            shard=shard, overwrite=True, preprocess=preprocess)  # fmt: skip
+        workers = "auto" if task == "extract_auto" else 0
+        res = tlkit.extract("fake/image", pattern, out, precision="fp32", workers=workers, batch_size=256,
+                            limit=limit, shard=shard, overwrite=True, preprocess=preprocess)  # fmt: skip
         n = res.n_computed
         loop = res.items_per_s  # the extraction loop alone (model loading and the final file excluded)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -133,7 +136,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pattern = make_shards(work / "shards", args.n)
         made = time.perf_counter() - t0
-        runs: dict[str, list[dict[str, float]]] = {"read": [], "bare": [], "extract": []}
+        runs: dict[str, list[dict[str, float]]] = {"read": [], "bare": [], "extract": [], "extract_auto": []}
         for _ in range(args.reps):  # interleaved, so a change in the machine's load hits all three alike
             for task in runs:
                 runs[task].append(run_child(task, pattern, str(work / "full.h5"), "0", "-", size))
@@ -150,8 +153,9 @@ def main() -> None:
             "runs": runs,
         }
         for key in ("items_per_s", "items_per_cpu_s"):
-            r, b, e = (median(runs[t], key) for t in ("read", "bare", "extract"))
-            result[key] = {"read": r, "bare": b, "extract": e, "extract_over_read": e / r, "extract_over_bare": e / b}
+            r, b, e, ea = (median(runs[t], key) for t in ("read", "bare", "extract", "extract_auto"))
+            result[key] = {"read": r, "bare": b, "extract": e, "extract_auto": ea, "extract_over_read": e / r,
+                           "extract_over_bare": e / b, "extract_auto_over_read": ea / r}  # fmt: skip
         result["extract_tenth"] = small
         result["peak_rss_ratio"] = max(r["peak_rss_mb"] for r in runs["extract"]) / small["peak_rss_mb"]
         result["peak_rss_mb"] = {"extract": max(r["peak_rss_mb"] for r in runs["extract"]),

@@ -86,6 +86,32 @@ def test_truncated_shard_keeps_what_came_before_as_a_named_skip(shards, tmp_path
     assert ds.skipped[-1].id == "00000.tar/" and "truncated or corrupt tar" in ds.skipped[-1].reason
 
 
+def test_listing_in_processes_gives_the_same_records_and_skips(shards, tmp_path):
+    """Shards listed by two processes (forced: no time threshold) give the entries and skips of the listing here, in
+    shard order, a truncated shard in the middle included; ``open_dataset`` lets a reader use every core."""
+    from tlkit.data.webdataset import WebDatasetReader
+
+    for i in range(3):
+        (tmp_path / f"{i:05d}.tar").write_bytes((shards / f"{i:05d}.tar").read_bytes())
+    data = (shards / "00002.tar").read_bytes()
+    (tmp_path / "00001b.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated, listed second
+    files = sorted(str(p) for p in tmp_path.glob("*.tar"))
+    base, exts = str(tmp_path) + "/", ("png",)
+    here, procs = WebDatasetReader("image"), WebDatasetReader("image")
+    here.max_listing_processes = procs.max_listing_processes = 2
+    alone = list(here._scan_shards(files, base, exts, "cls", parallel_after_s=float("inf")))
+    parallel = list(procs._scan_shards(files, base, exts, "cls", parallel_after_s=0.0))
+    assert here.listing_processes == 0 and procs.listing_processes == 2
+    assert parallel == alone
+    sizes = [len(found) for found, _, _ in alone]
+    assert sizes[:2] == [10, 10] and 0 < sizes[2] < 10 and sizes[3] == 10
+    assert any("truncated or corrupt tar" in s.reason for _, skips, _ in parallel for s in skips)
+    from tlkit.host.readers import get_reader
+    from tlkit.runtime.probe import cpu_count
+
+    assert get_reader(open_dataset(f"{shards}/{PATTERN}", "image")).max_listing_processes == cpu_count()
+
+
 def test_missing_shard_is_one_line_naming_it(shards, tmp_path):
     res = run_cli("extract", "fake/image", f"{shards}/{{00000..00003}}.tar", "-o", tmp_path / "x.h5", *CLI,
                   check=False)  # fmt: skip

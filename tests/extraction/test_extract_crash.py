@@ -105,9 +105,11 @@ def test_second_writer_is_refused_while_the_first_runs(data, tmp_path):
     first = _start(images, out, "--commit-rows", "4", "--batch-size", "4", "--workers", "0")
     try:
         assert _wait_for(work_dir_for(out) / "plan.json", first)
-        second = run_cli("extract", "fake/image", images, "-o", out, *ARGS, check=False)
+        first.send_signal(signal.SIGSTOP)  # paused while it holds the lock: the second start always meets it
         still_running = first.poll() is None
+        second = run_cli("extract", "fake/image", images, "-o", out, *ARGS, check=False)
     finally:
+        first.send_signal(signal.SIGCONT)
         rc = first.wait(timeout=120)
         first.stdout.close()
         first.stderr.close()

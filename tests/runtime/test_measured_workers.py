@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tlkit.runtime import RuntimeOptions, resolve
-from tlkit.runtime.resolution import MIN_WORKER_SHARE, Runtime, measured_workers
+from tlkit.runtime.resolution import IDLE_MAIN_SHARE, MIN_WORKER_SHARE, Runtime, measured_workers
 
 
 def runtime(workers: int, auto: bool = True, device: str = "cpu") -> Runtime:
@@ -38,6 +38,16 @@ def test_auto_is_a_cap_and_an_explicit_count_is_kept() -> None:
 )
 def test_the_rule(prepare: float, step: float, device: str, cap: int, want: int) -> None:
     assert measured_workers(runtime(cap, device=device), prepare, step) == want
+
+
+def test_the_main_core_gets_a_worker_only_when_the_main_process_is_nearly_idle() -> None:
+    """Cores less one is the cap, unless the main process would idle: with a worker on each of 2 cores it is busy
+    ``2 * step / prepare`` of the time, and at most :data:`IDLE_MAIN_SHARE` of it gives the second worker."""
+    idle_step = IDLE_MAIN_SHARE * 1.0 / 2
+    assert measured_workers(runtime(1), 1.0, idle_step, cores=2) == 2  # reading is the whole job: both cores read
+    assert measured_workers(runtime(1), 1.0, idle_step * 1.2, cores=2) == 1  # the main process works: it keeps its core
+    assert measured_workers(runtime(1, device="cuda"), 1.0, idle_step, cores=2) == 1  # only on the CPU
+    assert measured_workers(runtime(4), 1.0, 0.01, cores=8) == 4  # capped by the policy (4), not by the cores: kept
 
 
 def test_the_loader_times_its_first_batches_then_serves_the_rest(tmp_path: Path) -> None:

@@ -79,6 +79,9 @@ class Reader(ABC):
     #: Whether :meth:`load` returns :func:`tlkit.data.image.decode_image`'s result unchanged, so that extraction may
     #: ask it for ``uint8`` pixels (:func:`tlkit.data.image.pixel_decoding`) instead of a PIL image.
     returns_decoded_images: bool = False
+    #: The most processes a listing may use (1: this one only). :func:`tlkit.host.readers.open_dataset` sets it to the
+    #: cores this process may use; readers that list in parallel (WebDataset shards) read it.
+    max_listing_processes: int = 1
 
     def can_read(self, path: Path) -> bool:
         """Whether this reader understands ``path`` (used to pick a reader for a modality). A URL is taken as a

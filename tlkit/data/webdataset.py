@@ -16,6 +16,10 @@ Options (reader options, ``-O KEY=VALUE`` on the CLI):
 Shards are read with Python's :mod:`tarfile` through :mod:`fsspec` (not the ``webdataset`` library): tlkit needs the
 offset of every member so that any item can be read on its own (resume, ``--shard``, torchrun ranks, skips), which
 ``webdataset``'s sequential pipelines do not give. Listing reads the tar headers and the small label members only.
+Python's tar header parsing costs about as much as decoding a small image, so when the first shard's listing says
+that the others would take more than :data:`PARALLEL_LISTING_S` seconds here, they are listed by one process per
+core (``Reader.max_listing_processes``), a few shards ahead of the records being built (in shard order, so the
+listing is the same).
 Uncompressed tars are random-access; a ``.tar.gz`` shard is refused with the fix (``gunzip`` it). A shard that ends
 early (truncated) keeps the samples before the damage and records one skip naming the shard; a missing or
 unreachable shard is an error naming it.
@@ -26,6 +30,8 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +48,12 @@ DEFAULT_LABEL = "cls"
 _KEY = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]+)$")  # key = dirname + base name up to its first dot
 #: Label members are small; a bigger one is refused rather than read (a mislabelled image member, say).
 MAX_LABEL_BYTES = 1 << 20
+#: Listing the shards after the first one in parallel pays off when doing it here would take longer than this
+#: (starting the processes costs well under a second; ``docs/benchmarks.md``, "Large datasets").
+PARALLEL_LISTING_S = 2.0
+
+#: One shard's listing: its entries, its skips, and whether any sample had a label member.
+Listing = tuple[list[Entry], list[Skipped], bool]
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -57,6 +69,7 @@ class WebDatasetReader(StreamReader):
     def __init__(self, modality: str = "image") -> None:
         super().__init__(modality)
         self._files = OpenFiles()
+        self.listing_processes = 0
 
     def recognises(self, location: str) -> bool:
         low = location.lower().rstrip("/")
@@ -99,9 +112,8 @@ class WebDatasetReader(StreamReader):
         skipped: list[Skipped] = []
         labelled = [False]
 
-        def entries() -> Iterator[Entry]:  # shard by shard: a listing holds one shard's members at a time
-            for shard in shards:
-                found, skips, any_label = self._scan_shard(shard, shard[len(base) :], exts, label)
+        def entries() -> Iterator[Entry]:  # shard by shard: a listing holds a few shards' members at a time
+            for found, skips, any_label in self._scan_shards(shards, base, exts, label):
                 skipped.extend(skips)
                 labelled[0] = labelled[0] or any_label
                 yield from found
@@ -114,9 +126,50 @@ class WebDatasetReader(StreamReader):
 
         return self.dataset(location, entries(), skipped, options, listed=check)
 
-    def _scan_shard(
-        self, shard: str, rel: str, exts: tuple[str, ...], label: str | None
-    ) -> tuple[list[Entry], list[Skipped], bool]:
+    def _scan_shards(
+        self,
+        shards: list[str],
+        base: str,
+        exts: tuple[str, ...],
+        label: str | None,
+        parallel_after_s: float = PARALLEL_LISTING_S,
+    ) -> Iterator[Listing]:
+        """Each shard's listing, in shard order: the first here, timed; the others here too, or, when that would
+        take more than ``parallel_after_s``, in up to :attr:`max_listing_processes` processes (one per core when
+        the host opened the dataset), at most two shards per process ahead. :attr:`listing_processes` says how many
+        processes listed (0: this one alone)."""
+        from concurrent.futures import Future, ProcessPoolExecutor
+
+        started = time.perf_counter()
+        yield self._scan_shard(shards[0], shards[0][len(base) :], exts, label)
+        rest = shards[1:]
+        procs = min(self.max_listing_processes, len(rest))
+        self.listing_processes = 0
+        if procs < 2 or (time.perf_counter() - started) * len(rest) <= parallel_after_s:
+            for shard in rest:
+                yield self._scan_shard(shard, shard[len(base) :], exts, label)
+            return
+        pool = ProcessPoolExecutor(procs)
+        self.listing_processes = procs
+        try:
+            todo = iter(rest)
+            pending: deque[Future[Listing]] = deque()
+
+            def submit() -> None:
+                shard = next(todo, None)
+                if shard is not None:
+                    pending.append(pool.submit(_scan_in_child, self.modality, shard, shard[len(base) :], exts, label))
+
+            for _ in range(2 * procs):
+                submit()
+            while pending:
+                listing = pending.popleft().result()  # a listing error (a missing shard...) is raised here
+                submit()
+                yield listing
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _scan_shard(self, shard: str, rel: str, exts: tuple[str, ...], label: str | None) -> Listing:
         """The samples of one shard: entries, skips, and whether any sample had a label member."""
         info = file_info(shard)  # missing or unreachable: an error naming the shard
         stamp = file_stamp(info)
@@ -163,6 +216,11 @@ class WebDatasetReader(StreamReader):
             raise BadItemError(record.id, f"shard {shard} is gone (file not found)") from exc
         except OSError as exc:
             raise BadItemError(record.id, f"I/O error reading {shard} ({exc})") from exc
+
+
+def _scan_in_child(modality: str, shard: str, rel: str, exts: tuple[str, ...], label: str | None) -> Listing:
+    """One shard's listing, in a listing process."""
+    return WebDatasetReader(modality)._scan_shard(shard, rel, exts, label)
 
 
 def _samples(tf: tarfile.TarFile, skipped: list[Skipped], rel: str, size: int) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -39,7 +39,11 @@ def open_dataset(
     location = as_location(path)
     if isinstance(location, Path) and not location.exists():
         raise BadInputError(f"{location}: no such file or directory; check the input path")
-    return pick_reader(location, modality, reader).scan(location, **options)
+    from tlkit.runtime.probe import cpu_count
+
+    chosen = pick_reader(location, modality, reader)
+    chosen.max_listing_processes = cpu_count()
+    return chosen.scan(location, **options)
 
 
 def get_reader(dataset: Dataset) -> Reader:

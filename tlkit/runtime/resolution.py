@@ -159,22 +159,39 @@ def resolve(stage: str, options: RuntimeOptions | None = None, *, env: DistEnv |
 #: ``--workers auto`` starts no worker process when reading and preprocessing a batch costs less than this share of
 #: the main process's time per batch: a worker would cost more (start-up, copies through shared memory) than it hides.
 MIN_WORKER_SHARE = 0.05
+#: ``--workers auto`` puts a worker on the main process's core too when the main process would be busy less than this
+#: share of the time (``docs/benchmarks.md``, "Large datasets": reading shards with a near-free forward pass).
+IDLE_MAIN_SHARE = 0.25
 
 
-def measured_workers(runtime: Runtime, prepare_s: float, step_s: float) -> int:
+def measured_workers(runtime: Runtime, prepare_s: float, step_s: float, cores: int | None = None) -> int:
     """DataLoader workers for ``--workers auto``, from a measurement of the first batches in the main process:
     ``prepare_s`` is the time one process takes to read, decode and preprocess a batch, ``step_s`` the time the main
     process then spends on it (transfer, forward pass, hand-off to the writer).
 
     None when preparing costs under :data:`MIN_WORKER_SHARE` of a step; else as many as prepare one batch per step
     (``ceil(prepare / step)``), plus one on an accelerator for uneven items, and never more than the cap
-    :func:`resolve` set (the cores less one, at most the policy's cap). An explicit ``workers`` is kept as given."""
+    :func:`resolve` set (the cores less one, at most the policy's cap). On the CPU the main process's core gets a
+    worker too when, with a worker on every core, the main process would still be busy less than
+    :data:`IDLE_MAIN_SHARE` of the time (a cheap forward pass: reading is the whole job). ``cores``: this process's
+    cores (default: asked of the OS). An explicit ``workers`` is kept as given."""
     if not runtime.auto_workers or runtime.workers == 0:
         return runtime.workers
     if prepare_s <= MIN_WORKER_SHARE * step_s:
         return 0
     need = math.ceil(prepare_s / max(step_s, 1e-9)) + (0 if runtime.device_type == "cpu" else 1)
-    return max(1, min(runtime.workers, need))
+    workers = max(1, min(runtime.workers, need))
+    cores = (probe.cpu_count() if cores is None else cores) // max(runtime.local_world_size, 1)
+    every_core = workers + 1
+    if (
+        runtime.device_type == "cpu"
+        and need > workers
+        and workers == cores - 1
+        and every_core <= stage_policy(runtime.stage, runtime.device_type).workers_cap
+        and step_s * every_core <= IDLE_MAIN_SHARE * prepare_s
+    ):
+        return every_core
+    return workers
 
 
 def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.device:

@@ -81,15 +81,21 @@ class FakeImageBackbone(Backbone):
     def preprocess_item(self, item: Any, *, train: bool = False) -> torch.Tensor:
         """The item as a ``uint8`` CHW tensor at the input size (resized; cropped and flipped at random for
         training); :meth:`collate` scales and normalises the whole batch at once, the same numbers as per item at
-        a fraction of the cost (a fake backbone must stay cheap next to the data it reads)."""
+        a fraction of the cost (a fake backbone must stay cheap next to the data it reads: torchvision is imported only
+        when an image needs resizing or augmenting)."""
         import torch
-        from torchvision.transforms import v2
-        from torchvision.transforms.v2 import functional as F
 
         size = list(self.spec.preprocess["input_size"][1:])
         if not train:
             x = _pixels(item)
-            return x if list(x.shape[1:]) == size else F.resize(x, size, antialias=True)
+            if list(x.shape[1:]) == size:
+                return x
+            from torchvision.transforms.v2 import functional as F
+
+            resized: torch.Tensor = F.resize(x, size, antialias=True)
+            return resized
+        from torchvision.transforms import v2
+
         pipeline = self.__dict__.get("_train_pipeline")
         if pipeline is None:  # built once: a v2 pipeline costs more to build than to run on a small image
             pipeline = self.__dict__["_train_pipeline"] = v2.Compose(
@@ -99,16 +105,17 @@ class FakeImageBackbone(Backbone):
         return out
 
     def collate(self, processed: Sequence[Any]) -> torch.Tensor:
-        """Stack the items; ``uint8`` ones are scaled to [0, 1] and normalised with the spec's mean and std."""
+        """Stack the items; ``uint8`` ones are scaled to [0, 1] and normalised with the spec's mean and std (the
+        arithmetic of torchvision's ``to_dtype(scale=True)`` and ``normalize``, in plain torch)."""
         import torch
-        from torchvision.transforms.v2 import functional as F
 
         batch = torch.stack([torch.as_tensor(p) for p in processed])
         if batch.dtype != torch.uint8:
             return batch
         cfg = self.spec.preprocess
-        out: torch.Tensor = F.normalize(F.to_dtype(batch, torch.float32, scale=True), cfg["mean"], cfg["std"])
-        return out
+        mean = torch.as_tensor(cfg["mean"], dtype=torch.float32).view(-1, 1, 1)
+        std = torch.as_tensor(cfg["std"], dtype=torch.float32).view(-1, 1, 1)
+        return batch.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         m = cast("nn.ModuleDict", self.module)
@@ -141,10 +148,11 @@ def _pixels(item: Any) -> torch.Tensor:
     tensors, other modes) through torchvision's ``to_image``; the same values either way."""
     import numpy as np
     import torch
-    from torchvision.transforms.v2 import functional as F
 
     if getattr(item, "mode", None) == "RGB" and hasattr(item, "getbands"):
         return torch.from_numpy(np.array(item, np.uint8)).permute(2, 0, 1)
+    from torchvision.transforms.v2 import functional as F
+
     out: torch.Tensor = F.to_image(item).as_subclass(torch.Tensor)
     return out
 
