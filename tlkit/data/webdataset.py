@@ -141,11 +141,13 @@ class WebDatasetReader(StreamReader):
         from concurrent.futures import Future, ProcessPoolExecutor
 
         started = time.perf_counter()
-        yield self._scan_shard(shards[0], shards[0][len(base) :], exts, label)
+        first = self._scan_shard(shards[0], shards[0][len(base) :], exts, label)
+        took = time.perf_counter() - started  # the listing alone, not what the caller does with it
+        yield first
         rest = shards[1:]
         procs = min(self.max_listing_processes, len(rest))
         self.listing_processes = 0
-        if procs < 2 or (time.perf_counter() - started) * len(rest) <= parallel_after_s:
+        if procs < 2 or took * len(rest) <= parallel_after_s:
             for shard in rest:
                 yield self._scan_shard(shard, shard[len(base) :], exts, label)
             return
