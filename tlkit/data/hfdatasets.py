@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.data.base import Dataset, Record, Skipped
-from tlkit.data.remote import filesystem, is_url
+from tlkit.data.remote import PerThread, filesystem, is_url
 from tlkit.data.streams import Entry, StreamReader, label_text, option, text_row
 from tlkit.errors import BadInputError, BadItemError
 
@@ -42,8 +42,7 @@ class HFDatasetsReader(StreamReader):
 
     def __init__(self, modality: str = "image") -> None:
         super().__init__(modality)
-        self._open: dict[tuple[str, str | None], Any] = {}
-        self._pid = os.getpid()
+        self._open: PerThread[dict[tuple[str, str | None], Any]] = PerThread(dict)
 
     def recognises(self, location: str) -> bool:
         return not is_url(location) and is_saved_dataset(location)
@@ -110,12 +109,11 @@ class HFDatasetsReader(StreamReader):
         return loaded, None
 
     def _rows(self, location: str, split: str | None) -> Any:
-        if self._pid != os.getpid():
-            self._open, self._pid = {}, os.getpid()
+        opened = self._open.get()  # per thread of each process, as the other readers' open files
         key = (location, split)
-        ds = self._open.get(key)
+        ds = opened.get(key)
         if ds is None:
-            ds = self._open[key] = self._load(location, split)[0].with_format("arrow")
+            ds = opened[key] = self._load(location, split)[0].with_format("arrow")
         return ds
 
     def read(self, record: Record) -> Any:

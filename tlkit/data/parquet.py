@@ -10,26 +10,35 @@ in that file). Options (reader options, ``-O KEY=VALUE`` on the CLI):
 - ``label_column`` (default ``label`` when the table has one): class names or integers.
 
 Listing reads the footer and the label column (and, for text, the text column for lengths and stamps), never the
-image or audio bytes. :meth:`ParquetReader.load` reads the item's **row group** once per process and keeps it while
+image or audio bytes. :meth:`ParquetReader.load` reads the item's **row group** once per thread and keeps it while
 the following rows of that group are read, so extraction reads the data by row group. A null or undecodable cell
 is a named skip; a missing or unreachable file is an error naming it.
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 from tlkit.data.base import Dataset, Record, Skipped
-from tlkit.data.remote import OpenFiles, common_base, file_info, file_stamp, filesystem, is_url, list_files, unreachable
+from tlkit.data.remote import (
+    OpenFiles,
+    PerThread,
+    common_base,
+    file_info,
+    file_stamp,
+    filesystem,
+    is_url,
+    list_files,
+    unreachable,
+)
 from tlkit.data.streams import Entry, StreamReader, label_text, option, text_row
 from tlkit.errors import BadInputError, BadItemError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DEFAULT_LABEL = "label"
-#: Row groups kept in memory per process (a worker reads the rows of one group, then of the next).
+#: Row groups kept in memory per thread of each process (a worker reads the rows of one group, then of the next).
 KEEP_GROUPS = 2
 
 
@@ -40,8 +49,7 @@ class ParquetReader(StreamReader):
     def __init__(self, modality: str = "image") -> None:
         super().__init__(modality)
         self._files = OpenFiles()
-        self._groups: OrderedDict[tuple[str, int, str], list[Any]] = OrderedDict()
-        self._pid = os.getpid()
+        self._groups: PerThread[OrderedDict[tuple[str, int, str], list[Any]]] = PerThread(OrderedDict)
 
     def recognises(self, location: str) -> bool:
         low = location.lower().rstrip("/")
@@ -139,12 +147,11 @@ class ParquetReader(StreamReader):
         return self._read_path(path, str(cell), record.id)
 
     def _group(self, path: str, group: int, column: str, item_id: str) -> list[Any]:
-        if self._pid != os.getpid():
-            self._groups, self._pid = OrderedDict(), os.getpid()
+        groups = self._groups.get()  # this thread's: threads never evict each other's groups
         key = (path, group, column)
-        cached = self._groups.get(key)
+        cached = groups.get(key)
         if cached is not None:
-            self._groups.move_to_end(key)
+            groups.move_to_end(key)
             return cached
         pq = self.library()
         try:
@@ -155,9 +162,9 @@ class ParquetReader(StreamReader):
             raise BadItemError(item_id, f"row group {group} of {path} cannot be read ({type(exc).__name__}: "
                                         f"{exc})") from exc  # fmt: skip
         cells: list[Any] = table.column(0).to_pylist()
-        if len(self._groups) >= KEEP_GROUPS:
-            self._groups.popitem(last=False)
-        self._groups[key] = cells
+        if len(groups) >= KEEP_GROUPS:
+            groups.popitem(last=False)
+        groups[key] = cells
         return cells
 
     def _read_path(self, table: str, cell: str, item_id: str) -> bytes:

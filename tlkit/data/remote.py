@@ -1,5 +1,5 @@
 """Files reached through fsspec: local paths and URLs (``s3://``, ``gs://``, ``https://``, ...), brace patterns and
-globs, file stamps, and open files kept per process.
+globs, file stamps, and open files kept per thread.
 
 A shard is named by the string the user gave (expanded); ids use its path relative to the folder the shards share,
 so a cache made from a local copy and one made from the URL hold the same ids. A shard that is missing or cannot be
@@ -11,18 +11,21 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tlkit.errors import BadInputError, NotInstalled
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-#: Open files kept per process (a DataLoader worker reads many items of one shard in a row).
+#: Open files kept per thread (a DataLoader worker reads many items of one shard in a row).
 MAX_OPEN = 8
+
+T = TypeVar("T")
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -158,27 +161,68 @@ def common_base(locations: Iterable[str]) -> str:
     return prefix[: prefix.rfind("/") + 1]
 
 
+class PerThread(Generic[T]):
+    """State that each thread of each process has its own of, made by ``make`` on first use: open files (whose
+    position is shared by everyone who reads them) and caches. Extraction prepares items on several threads
+    (:func:`tlkit.extraction.loader.in_process_on_cpu`) and in forked DataLoader workers; a file object shared by two
+    threads mixes their ``seek`` and ``read`` (one item read at another's offset: a skip, or another item's bytes).
+    Pickled, it carries nothing: the other process makes its own."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self.make = make
+        self._init()
+
+    def _init(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._made: list[T] = []  # this process's, for :meth:`made`
+
+    def get(self) -> T:
+        """This thread's state (new after a fork: a worker does not share its parent's file positions)."""
+        if self._pid != os.getpid():
+            self._init()
+        state: T | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = self.make()
+            with self._lock:
+                self._made.append(state)
+        return state
+
+    def made(self) -> list[T]:
+        """Every thread's state in this process."""
+        if self._pid != os.getpid():
+            return []
+        with self._lock:
+            return list(self._made)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"make": self.make}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.make = state["make"]
+        self._init()
+
+
 class OpenFiles:
-    """Open binary files by location, a few per process; reopened after a fork (DataLoader workers)."""
+    """Open binary files by location, a few per thread of each process (:class:`PerThread`)."""
 
     def __init__(self, max_open: int = MAX_OPEN) -> None:
         self.max_open = max_open
-        self._pid = os.getpid()
-        self._files: OrderedDict[str, Any] = OrderedDict()
+        self._files: PerThread[OrderedDict[str, Any]] = PerThread(OrderedDict)
 
     def get(self, location: str) -> Any:
-        if self._pid != os.getpid():  # a forked worker must not share its parent's file positions
-            self._files = OrderedDict()
-            self._pid = os.getpid()
-        f = self._files.get(location)
+        """This thread's open file at ``location``; no other thread reads or moves its position."""
+        files = self._files.get()
+        f = files.get(location)
         if f is not None:
-            self._files.move_to_end(location)
+            files.move_to_end(location)
             return f
-        if len(self._files) >= self.max_open:
-            _, old = self._files.popitem(last=False)
+        if len(files) >= self.max_open:
+            _, old = files.popitem(last=False)
             _close(old)
         fs, inner = filesystem(location)
-        f = self._files[location] = fs.open(inner, "rb")
+        f = files[location] = fs.open(inner, "rb")
         return f
 
     def read(self, location: str, offset: int, size: int) -> bytes:
@@ -190,9 +234,11 @@ class OpenFiles:
         return data
 
     def close(self) -> None:
-        for f in self._files.values():
-            _close(f)
-        self._files.clear()
+        """Close every thread's files (call it when no thread reads any more)."""
+        for files in self._files.made():
+            for f in files.values():
+                _close(f)
+            files.clear()
 
     def __getstate__(self) -> dict[str, Any]:  # open files never travel to another process
         return {"max_open": self.max_open}
@@ -232,6 +278,7 @@ def _hidden(path: str, root: str) -> bool:
 __all__ = [
     "MAX_OPEN",
     "OpenFiles",
+    "PerThread",
     "as_location",
     "common_base",
     "expand_braces",
