@@ -87,6 +87,49 @@ def test_a_truncated_jpeg_is_the_same_bad_item_with_the_same_reason(jpegs: Path,
     assert reasons[0] == reasons[1] and "truncated" in reasons[0]
 
 
+FUZZ = """
+import io, sys, numpy as np
+from PIL import Image
+from tlkit.data.image import decode_image, pixel_decoding
+from tlkit.errors import BadItemError
+rng = np.random.default_rng(0)
+base = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize((320, 240))
+verdicts = []
+for progressive in (False, True):
+    buf = io.BytesIO()
+    base.save(buf, "JPEG", quality=90, progressive=progressive)
+    data = buf.getvalue()
+    for _ in range(100):
+        b = bytearray(data)
+        for _ in range(int(rng.integers(1, 6))):
+            b[int(rng.integers(2, len(b)))] = int(rng.integers(0, 256))
+        b = bytes(b if rng.random() < 0.7 else b[: int(rng.integers(100, len(b)))])
+        verdict = []
+        for on in (True, False):
+            try:
+                with pixel_decoding(on):
+                    decode_image(b)
+                verdict.append("good")
+            except BadItemError:
+                verdict.append("bad")
+        verdicts.append(verdict)
+print(sum(v[0] != v[1] for v in verdicts), sum(v[0] == "bad" for v in verdicts))
+"""
+
+
+def test_damaged_jpegs_get_pillows_verdict_on_the_pixel_path_and_never_crash() -> None:
+    """200 JPEGs with flipped bytes or cut short, in a child process (a decoder crash must fail this test, not end
+    the test run): libjpeg-turbo's path calls each one good or bad exactly as Pillow's path does. (PNGs are not on a
+    tensor decoder's path: torchvision's ``decode_png`` crashes the process on damaged data.)"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FUZZ], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    differ, bad = (int(v) for v in proc.stdout.split())
+    assert differ == 0 and 20 < bad < 180  # the damage makes both kinds of file
+
+
 def test_the_decompression_bomb_limit_holds_on_the_pixel_path(jpegs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tlkit.data.image as image_module
 

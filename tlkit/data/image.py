@@ -158,8 +158,10 @@ def pixel_decoding(enabled: bool = True) -> Iterator[None]:
     memory, as the tensor kernels of :meth:`tlkit.contract.pixels.Uint8Pipeline.pixels` read it fastest) instead of a
     PIL image: baseline and progressive JPEGs that are not decoded at a reduced size go straight from libjpeg-turbo to
     the tensor (``torchvision.io.decode_jpeg``, EXIF orientation applied; the same pixels as Pillow's, without the
-    PIL image and its copies); everything else is decoded as usual and converted. Only the extraction loader asks for
-    it, and only from readers that declare they return :func:`decode_image`'s result as it is
+    PIL image and its copies); everything else is decoded as usual and converted. PNGs stay on Pillow's path:
+    torchvision 0.29's ``decode_png`` ends the process with a segmentation fault on damaged image data (a flipped
+    byte or a short ``IDAT`` chunk, checked), where a damaged file must be a named skip. Only the extraction loader
+    asks for it, and only from readers that declare they return :func:`decode_image`'s result as it is
     (``returns_decoded_images = True``, as :class:`ImageReader` does): a reader that works on the PIL image itself
     keeps getting one."""
     token = _PIXELS.set(enabled)
