@@ -173,10 +173,8 @@ class PerThread(Generic[T]):
         self._init()
 
     def _init(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._local = threading.local()  # a thread's state goes (its files close) when the thread ends
         self._pid = os.getpid()
-        self._made: list[T] = []  # this process's, for :meth:`made`
 
     def get(self) -> T:
         """This thread's state (new after a fork: a worker does not share its parent's file positions)."""
@@ -185,16 +183,7 @@ class PerThread(Generic[T]):
         state: T | None = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = self.make()
-            with self._lock:
-                self._made.append(state)
         return state
-
-    def made(self) -> list[T]:
-        """Every thread's state in this process."""
-        if self._pid != os.getpid():
-            return []
-        with self._lock:
-            return list(self._made)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"make": self.make}
@@ -232,13 +221,6 @@ class OpenFiles:
         if len(data) != size:
             raise OSError(f"short read: {len(data)} of {size} bytes at offset {offset} (the file changed?)")
         return data
-
-    def close(self) -> None:
-        """Close every thread's files (call it when no thread reads any more)."""
-        for files in self._files.made():
-            for f in files.values():
-                _close(f)
-            files.clear()
 
     def __getstate__(self) -> dict[str, Any]:  # open files never travel to another process
         return {"max_open": self.max_open}
