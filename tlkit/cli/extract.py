@@ -120,9 +120,6 @@ class _ProgressBar:
 @click.option("--decode", type=click.Choice(["reduced", "exact"]), default="reduced", show_default=True,
               help="Images: reduced decodes large JPEGs at a reduced size that the backbone's resize allows "
                    "(faster; per-row cosine >= 0.999 to exact); exact decodes every image in full.")  # fmt: skip
-@click.option("--compile", "compile_", is_flag=True,
-              help="Image backbones: run the network through torch.compile. Faster once compiled, but compiling "
-                   "takes tens of seconds on a CPU: for long runs (docs/extraction.md: when it pays off).")  # fmt: skip
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="skip: record unreadable items with reasons; fail: stop at the first one.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N items.")
@@ -153,7 +150,6 @@ def extract_cmd(
     views: int,
     store_dtype: str,
     decode: str,
-    compile_: bool,
     on_error: str,
     limit: int | None,
     overwrite: bool,
@@ -191,7 +187,7 @@ def extract_cmd(
             backbone, input_path, output, weights=weights, preprocess=preprocess, device=device, precision=precision,
             batch_size=batch_size, workers=workers, layers=layers, views=views, store_dtype=store_dtype,
             on_error=on_error, limit=limit, overwrite=overwrite, shard=shard, commit_rows=commit_rows,
-            reader=reader_name, reader_options=options, progress=bar, decode=decode, compile=compile_,
+            reader=reader_name, reader_options=options, progress=bar, decode=decode,
         )  # fmt: skip
     if env is None or env.is_main:  # rank 0 reports for the whole job
         _report(result, output, as_json)

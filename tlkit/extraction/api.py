@@ -58,7 +58,6 @@ def extract(
     view_seed_base: int = 0,
     reuse: Sequence[str | os.PathLike[str]] = (),
     decode: str = "reduced",
-    compile: bool = False,
 ) -> ExtractResult:
     """Extract pooled embeddings of every item under ``input`` into the HDF5 cache ``output``.
 
@@ -74,17 +73,13 @@ def extract(
     ``workers="auto"`` picks the count from a measurement of the first batches. ``decode="reduced"`` (the default)
     decodes large JPEGs at a reduced size the backbone's resize allows; ``"exact"`` decodes in full (part of the key;
     ``docs/extraction.md`` gives the tolerance).
-    ``compile=True`` runs an image backbone's network through ``torch.compile`` (faster once compiled; compiling
-    takes tens of seconds on a CPU, so it pays off on long runs: ``docs/extraction.md``); not part of the key.
     Started by ``torchrun`` with two or more processes, every rank extracts a shard of ``input`` and rank 0
     merges them into ``output`` (``shard`` is then implied); a union (``keep_existing``) runs whole in each
     process, one after the other under the cache's lock.
     """
     started = time.perf_counter()
     output = Path(output)
-    options = ExtractOptions.checked(
-        layers, views, store_dtype, on_error, limit, commit_rows, view_seed_base, decode, compile
-    )
+    options = ExtractOptions.checked(layers, views, store_dtype, on_error, limit, commit_rows, view_seed_base, decode)
     shard_t = parse_shard(shard)
     if shard_t is not None and keep_existing:
         raise ConfigError("{param} cannot be combined with keeping rows outside the input", param="shard")

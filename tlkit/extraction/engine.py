@@ -53,8 +53,6 @@ class ExtractResult:
     batch_size: int = 0
     workers: int = 0
     compute_seconds: float = 0.0  # from the first batch to the last: what items/s is measured over
-    compiled: bool = False  # the forward ran through torch.compile (``compile=True``, and compiling worked)
-    compile_seconds: float = 0.0  # the first batch's forward, compilation included (part of compute_seconds)
 
     @property
     def items_per_s(self) -> float:
@@ -71,8 +69,6 @@ class ExtractResult:
             notes.append(f"{self.n_reused:,} reused")
         notes.append(f"{self.n_skipped:,} skipped")
         notes += [f"{v:,} {k}" for k, v in sorted(self.flags.items()) if v]
-        if self.compiled:
-            notes.append(f"compiled in {self.compile_seconds:.1f} s")
         return (
             f"{self.status} {self.path}: {self.n_items:,} items ({', '.join(notes)}) in {self.seconds:.1f} s, "
             f"{self.items_per_s:,.1f} items/s"
@@ -195,14 +191,13 @@ class _Run:
         if not len(table.ids):
             work.remove()
             self._nothing_readable(skipped_all)
-        self._publish(work, known, table, self._metadata(run_id, skipped_all, computed.flags, computed.compiled))
+        self._publish(work, known, table, self._metadata(run_id, skipped_all, computed.flags))
         result = result_of(
             self.job, self.output, status, self.started, n_items=len(table.ids),
             n_computed=len(todo) - len(computed.skipped), n_reused=n_reused, n_skipped=len(skipped_all),
             skipped_now=self._listing_skips() + computed.skipped, flags=dict(computed.flags),
             compute_seconds=computed.seconds, unlabelled=self._unlabelled(),
             **({"workers": computed.workers} if computed.workers is not None else {}),
-            compiled=computed.compiled, compile_seconds=computed.compile_seconds,
         )  # fmt: skip
         emit(self.progress, ProgressEvent("done", len(table.ids), len(table.ids), len(skipped_all), result.seconds,
                                           result.summary()))  # fmt: skip
@@ -332,9 +327,7 @@ class _Run:
             raise BadInputError(f"shard {self.shard[0]}/{self.shard[1]} of {root} holds no readable items{why}")
         raise BadInputError(f"{root}: none of the {len(self.selection)} items could be read{why}")
 
-    def _metadata(
-        self, run_id: str, skipped: list[dict[str, str]], flags: Counter[str], compiled: bool = False
-    ) -> dict[str, Any]:
+    def _metadata(self, run_id: str, skipped: list[dict[str, str]], flags: Counter[str]) -> dict[str, Any]:
         job, ds = self.job, self.job.dataset
         return {
             "format": FORMAT_NAME,
@@ -368,7 +361,6 @@ class _Run:
                 "batch_size": job.batch_size,
                 "workers": job.runtime.workers,
                 "window": job.window,
-                "compiled": compiled,
             },  # fmt: skip
         }
 

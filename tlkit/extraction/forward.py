@@ -5,12 +5,6 @@
 pass), and backs off on out-of-memory with :class:`tlkit.runtime.batching.Backoff`. On the first batch it folds
 BatchNorms into their convolutions (:mod:`tlkit.extraction.fold`), on a copy that is checked against the original and
 used only while the runner is open; the caller's backbone is given back unchanged by :meth:`Runner.close`.
-
-With ``compile=True`` (``tlkit extract --compile``) the backbone's ``embed`` (the folded network and its pooling) is
-then compiled with ``torch.compile`` (inductor; on the CPU with weight freezing, which folds the weights into the
-compiled kernels) for one batch shape: smaller
-batches (the last one, a batch with skipped items) are padded to the batch size, so the run compiles once. If
-compiling fails (no C++ compiler, an operation inductor cannot compile), the run warns once and continues eager.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tlkit.contract.backbone import Backbone, check_first_output
-from tlkit.runtime.batching import Backoff, is_oom, pad_batch, prefers_channels_last, slice_batch, to_device
+from tlkit.runtime.batching import Backoff, prefers_channels_last, slice_batch, to_device
 
 if TYPE_CHECKING:
     import torch
@@ -40,16 +34,12 @@ class Runner:
         layers: Sequence[str] = (),
         store_dtype: str = "float32",
         fold: bool = True,
-        compile: bool = False,
     ) -> None:
         import torch
 
         self.backbone, self.runtime, self.layers = backbone, runtime, list(layers)
         self.fold, self.folded = fold, 0  # whether to fold BatchNorms; how many were folded
         self._original: Any = None  # the caller's network while the folded copy is in use
-        self.compile, self.compiled = compile, False  # whether to compile; whether the forward runs compiled
-        self._compiled_embed: Any = None  # the compiled ``backbone.embed``
-        self.compile_seconds = 0.0  # the first batch's forward, compilation included (when compiled)
         self.backoff: Backoff[Embedded] = Backoff(runtime)
         self.checked = False  # the first batch's output is checked against the spec (width, modality)
         self.out_dtype = torch.float16 if store_dtype == "float16" else torch.float32
@@ -96,38 +86,18 @@ class Runner:
             self._original = original
             self.backbone._module = network
 
-    def _compile(self) -> None:
-        """``torch.compile`` the backbone's ``embed`` (its network and pooling, however it calls them); the
-        compilation itself runs on the first forward."""
-        import torch
-
-        options: dict[str, Any] | None = {"freezing": True} if self.runtime.device_type == "cpu" else None
-        self._compiled_embed = torch.compile(self.backbone.embed, dynamic=False, options=options)
-        self.compiled = True
-
-    def _eager_after(self, exc: BaseException) -> None:
-        """Compiling failed on the first batch: warn once and run the backbone as it is."""
-        import warnings
-
-        self._compiled_embed = None
-        self.compile = self.compiled = False
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        warnings.warn(f"compile: torch.compile failed ({type(exc).__name__}: {first[:200]}); extracting without it "
-                      f"(the same features, at eager speed)", RuntimeWarning, stacklevel=3)  # fmt: skip
-
     def to_device(self, batch: Any) -> Any:
         return to_device(batch, self.runtime.device, self.channels_last)
 
     def _forward_once(self, batch: Any, views: Sequence[Any]) -> Embedded:
         import torch
 
-        embed = self._compiled_embed if self.compiled else self.backbone.embed
         with torch.inference_mode(), self.runtime.autocast():
             if self.layers:
                 feats, lay = self.backbone.embed_layers(batch, self.layers)
             else:
-                feats, lay = embed(batch), {}
-            vfeats = [embed(v) for v in views]
+                feats, lay = self.backbone.embed(batch), {}
+            vfeats = [self.backbone.embed(v) for v in views]
 
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(self.out_dtype)
@@ -138,36 +108,14 @@ class Runner:
         """Embed one batch of ``n`` rows (already on the device). With ``auto`` batch size an out-of-memory error
         halves the sub-batch and retries the same rows, so no batch is lost."""
 
-        if self.fold and not self.checked and self._original is None:
-            self._fold(batch)
-        if self.compile and not self.checked and not self.compiled:
-            self._compile()
-        rows = n
-        if self.compiled and self.runtime.batch_size and n < self.runtime.batch_size:
-            rows = self.runtime.batch_size  # one batch shape: a smaller batch is padded, not compiled again
-            batch, views = pad_batch(batch, rows), [pad_batch(v, rows) for v in views]
-
         def part(a: int, b: int) -> Embedded:
-            if a == 0 and b == rows:
+            if a == 0 and b == n:
                 return self._forward_once(batch, views)
             return self._forward_once(slice_batch(batch, a, b), [slice_batch(v, a, b) for v in views])
 
-        if self.compiled and not self.checked:
-            import time
-
-            started = time.perf_counter()
-            try:
-                out = self.backoff.run(rows, part, _join)
-            except Exception as exc:  # noqa: BLE001 - any compilation failure: run eager, warned
-                if is_oom(exc):
-                    raise
-                self._eager_after(exc)
-                return self.forward(slice_batch(batch, 0, n), [slice_batch(v, 0, n) for v in views], n)
-            self.compile_seconds = time.perf_counter() - started
-        else:
-            out = self.backoff.run(rows, part, _join)
-        if rows != n:
-            out = (out[0][:n], {k: v[:n] for k, v in out[1].items()}, [v[:n] for v in out[2]])
+        if self.fold and not self.checked and self._original is None:
+            self._fold(batch)
+        out = self.backoff.run(n, part, _join)
         if not self.checked:
             check_first_output(self.backbone, out[0], n)
             self.checked = True

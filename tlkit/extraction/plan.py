@@ -39,7 +39,6 @@ class ExtractOptions:
     commit_rows: int | None = None
     view_seed: int = 0
     decode: str = "reduced"
-    compile: bool = False
 
     @classmethod
     def checked(
@@ -52,7 +51,6 @@ class ExtractOptions:
         commit_rows: int | None = None,
         view_seed: int = 0,
         decode: str = "reduced",
-        compile: bool = False,
     ) -> ExtractOptions:
         if store_dtype not in STORE_DTYPES:
             raise ConfigError(
@@ -68,7 +66,7 @@ class ExtractOptions:
         return cls(
             layers, n_views, store_dtype, check_on_error(on_error),
             None if limit is None else int(limit), None if commit_rows is None else int(commit_rows), int(view_seed),
-            check_decode(decode), bool(compile),
+            check_decode(decode),
         )  # fmt: skip
 
 
@@ -93,7 +91,6 @@ class ExtractJob:
     key: dict[str, Any]
     window: int
     decode: str = "reduced"  # how images are decoded (tlkit.extraction.loader.DECODE_MODES), part of the key
-    compile: bool = False  # run the network through torch.compile (speed only: not part of the key)
 
     @property
     def batch_size(self) -> int:
@@ -119,8 +116,6 @@ def plan_job(
     bb = resolve_backbone(backbone, weights)
     dataset, rd = resolve_input(input, bb, reader, reader_options or {})
     layers = tuple(parse_layers(options.layers, bb))
-    if options.compile:
-        check_compile(bb, layers)
     key = run_key(
         bb, dataset, runtime.precision, options.store_dtype, layers, options.views, options.view_seed, options.decode
     )
@@ -130,23 +125,8 @@ def plan_job(
     )
     return ExtractJob(
         bb, dataset, rd, runtime, layers, options.views, options.store_dtype, options.on_error, options.limit,
-        options.view_seed, key, window, options.decode, options.compile,
+        options.view_seed, key, window, options.decode,
     )  # fmt: skip
-
-
-def check_compile(backbone: Backbone, layers: Sequence[str]) -> None:
-    """``compile`` is for image backbones, whose batches all have one shape (text and audio batches change length
-    from batch to batch, and each new shape would compile again), and for the final embedding alone (per-block
-    outputs are read from inside the network, which a compiled graph does not expose)."""
-    if backbone.modality != "image":
-        raise ConfigError(
-            f"{{param}} is for image backbones; {backbone.name} is a {backbone.modality} backbone, whose batches "
-            f"change shape from batch to batch (each shape would compile again): leave {{param}} out",
-            param="compile",
-        )
-    if layers:
-        raise ConfigError("{param} cannot be combined with layers (block outputs are read from inside the network)",
-                          param="compile")  # fmt: skip
 
 
 def batch_size_of(runtime: Runtime) -> int:
@@ -314,7 +294,6 @@ __all__ = [
     "ExtractOptions",
     "backbone_info",
     "batch_size_of",
-    "check_compile",
     "parse_layers",
     "parse_shard",
     "plan_job",

@@ -53,8 +53,6 @@ class Computed:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     workers: int | None = None  # the loader's worker processes (measured with --workers auto); None: none ran
-    compiled: bool = False  # whether the forward ran compiled (``compile`` asked, and compiling worked)
-    compile_seconds: float = 0.0  # the first batch's forward, compilation included, when compiled
     rows_at: list[np.ndarray] = field(default_factory=list)  # per new segment: the todo positions of its rows
     bad: list[dict[str, str]] = field(default_factory=list)  # the new segments' skips (id, reason, stamp)
 
@@ -163,7 +161,7 @@ def compute_segments(
 ) -> Computed:
     """Run the loader, the forward pass and the writer over ``todo``; the writer commits one segment per window."""
     job.backbone.load()
-    runner = Runner(job.backbone, job.runtime, job.layers, job.store_dtype, compile=job.compile)
+    runner = Runner(job.backbone, job.runtime, job.layers, job.store_dtype)
     loader = make_loader(
         todo, job.reader, job.backbone, job.runtime, batch=job.batch_size, window=job.window, views=job.views,
         seed=job.view_seed, decode=job.decode,
@@ -201,7 +199,6 @@ def compute_segments(
         raise writer.error
     out.skipped += [Skipped(todo[pos].id, NONFINITE_REASON) for pos in sorted(writer.nonfinite)]
     out.paths, out.seconds, out.workers = writer.paths, time.perf_counter() - started, loader.workers
-    out.compiled, out.compile_seconds = runner.compiled, runner.compile_seconds
     out.rows_at, out.bad = writer.rows_at, writer.bad
     return out
 

@@ -63,24 +63,6 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return tree_map(move, batch)
 
 
-def pad_batch(obj: Any, rows: int) -> Any:
-    """Every tensor of a batch grown to ``rows`` rows by repeating its last row (memory format kept), so that a
-    network compiled for one batch shape runs a smaller batch without compiling again; the extra rows' outputs are
-    dropped (:func:`slice_batch`). A batch of ``rows`` or more is returned as it is."""
-    import torch
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = rows - t.shape[0]
-        if extra <= 0:
-            return t
-        out = torch.cat([t, t[-1:].expand(extra, *t.shape[1:])])
-        if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
-
-    return tree_map(pad, obj)
-
-
 def slice_batch(obj: Any, a: int, b: int) -> Any:
     """Rows ``a:b`` of every tensor in a batch."""
     import torch
@@ -216,7 +198,6 @@ __all__ = [
     "Backoff",
     "is_oom",
     "oom_error",
-    "pad_batch",
     "prefers_channels_last",
     "release_cached_memory",
     "resource_error",
