@@ -88,7 +88,8 @@ def test_a_truncated_jpeg_is_the_same_bad_item_with_the_same_reason(jpegs: Path,
 
 
 FUZZ = """
-import io, sys, numpy as np
+import io
+import numpy as np
 from PIL import Image
 from tlkit.data.image import decode_image, pixel_decoding
 from tlkit.errors import BadItemError
