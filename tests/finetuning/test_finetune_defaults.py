@@ -89,3 +89,42 @@ def test_a_run_that_never_beats_its_start_probe_keeps_the_probe(tmp_path: Path) 
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert torch.equal(saved["head.weight"], rec.engine.built.start.state["weight"])
     assert "best epoch 0/2" in result.summary()
+
+
+def test_the_start_probe_is_tempered_to_the_loss_floor_and_keeps_its_predictions(
+    tmp_path: Path, fashion_mnist_folder: Any
+) -> None:
+    """A probe fitted to near-zero training loss leaves fine-tuning no gradient to adapt the features with: its logits
+    are divided by the temperature that lifts the loss on the frozen training features to the floor (a fraction of
+    ln K), and no prediction changes. A floor of 0 starts from the probe as fitted."""
+    import math
+
+    pytest.importorskip("tlkit_effnet_lite", reason="pip install -e plugins/examples/tlkit-effnet-lite")
+    from tlkit.finetuning.probe_head import fit_start_probe, frozen_features
+    from tlkit.host.readers import open_dataset
+    from tlkit.runtime import RuntimeOptions, resolve
+
+    train = fashion_mnist_folder(tmp_path / "train", "train", 6, seed=0)
+    backbone = tlkit.get_backbone("effnet/lite0", preprocess={"input_size": [3, 32, 32]})
+    dataset = open_dataset(train, modality="image")
+    runtime = resolve("finetune", RuntimeOptions.of(device="cpu", precision="fp32", workers=0), env=False)
+    x, y = (torch.from_numpy(a) for a in frozen_features(backbone, dataset, runtime))
+    k = len(dataset.class_names)
+
+    def logits(state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return x @ state["weight"].T + state["bias"]
+
+    fitted = fit_start_probe(backbone, dataset, k, runtime, 16, loss_floor=0.0)
+    floored = fit_start_probe(backbone, dataset, k, runtime, 16, loss_floor=0.5)
+    assert fitted.temperature == 1.0
+    loss = float(torch.nn.functional.cross_entropy(logits(fitted.state), torch.as_tensor(y).long()))
+    assert loss < 0.5 * math.log(k)  # 60 items of 10 classes in 1,280-d: the probe fits its training set closely
+    assert floored.temperature > 1.0 and floored.train_loss == pytest.approx(loss, rel=1e-3)
+    tempered = float(torch.nn.functional.cross_entropy(logits(floored.state), torch.as_tensor(y).long()))
+    assert tempered == pytest.approx(0.5 * math.log(k), rel=1e-3)
+    assert floored.start_loss == pytest.approx(tempered, rel=1e-3)
+    assert torch.equal(logits(floored.state).argmax(1), logits(fitted.state).argmax(1))
+    assert torch.allclose(floored.state["weight"] * floored.temperature, fitted.state["weight"], rtol=1e-4, atol=1e-6)
+    # a floor the probe is already above changes nothing
+    above = fit_start_probe(backbone, dataset, k, runtime, 16, loss_floor=loss / math.log(k) * 0.9)
+    assert above.temperature == 1.0 and torch.equal(above.state["weight"], fitted.state["weight"])

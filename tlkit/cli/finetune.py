@@ -207,6 +207,16 @@ class _Progress:
     help="Fit a linear probe on frozen features first and start the head from it (LP-FT). Default: on unless "
     "--head or --init-head is given.",
 )
+@click.option(
+    "--probe-loss-floor",
+    type=float,
+    default=0.25,
+    show_default=True,
+    metavar="F",
+    help="The least training loss the linear probe leaves for fine-tuning, as a fraction of chance (ln K): a probe "
+    "fitted below it has its logits divided by a temperature (same predictions), so the features still adapt. 0 = "
+    "start from the probe as fitted.",
+)
 @click.option("--early-stopping", type=int, metavar="N", help="Stop after N epochs without improvement.")
 @click.option("--monitor", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy", show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0 = off).")

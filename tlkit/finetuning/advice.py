@@ -317,8 +317,9 @@ def _default_finetune(advice: Advice, bb: str, data: str, modality: str, carried
     r.append(
         "enough data to adapt the whole network: tlkit finetune's defaults do LP-FT. They first fit a linear probe "
         "on frozen features of the training split (its L2 strength cross-validated, like tlkit train's default "
-        "head), start the head from it so that a random head never drives the backbone's first updates, then "
-        "fine-tune every block (--unfreeze all)"
+        "head), start the head from it so that a random head never drives the backbone's first updates (tempered "
+        "to leave at least a quarter of chance's training loss, so the features still adapt), then fine-tune every "
+        "block (--unfreeze all)"
     )
     ratio = BACKBONE_LR_RATIO_BY_MODALITY.get(modality, DEFAULT_BACKBONE_LR_RATIO)
     r.append(

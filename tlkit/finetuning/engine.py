@@ -138,7 +138,7 @@ class Finetuner:
         clock = StageClock(lambda e: self._emit("probe", step=e.done, steps=e.total, items_per_s=e.rate), "features")
         start = fit_start_probe(
             self.backbone, self.data.train, len(self.class_names), self.runtime, self.opts.batch_size, self.opts.seed,
-            callback=clock,
+            callback=clock, loss_floor=self.opts.probe_loss_floor,
         )  # fmt: skip
         chosen = start.summary()
         if chosen["cv_accuracy"] is not None:
@@ -146,6 +146,11 @@ class Finetuner:
                 f"linear probe on {start.items} frozen embeddings: {chosen['cv_accuracy']:.3f} ± "
                 f"{chosen['cv_accuracy_std']:.3f} cross-validated accuracy (L2 strength {chosen['lambda']:.1e}); "
                 f"fine-tuning starts from it"
+            )
+        if start.temperature > 1:
+            message += (
+                f", its logits divided by {start.temperature:.2f} to leave a training loss of {start.start_loss:.3f} "
+                f"(fitted: {start.train_loss:.3f}; floor {self.opts.probe_loss_floor:g} of chance)"
             )
         else:
             message = f"linear probe on {start.items} frozen embeddings (too few per class to cross-validate)"

@@ -39,6 +39,13 @@ DEFAULT_IMAGE_AUGMENT = "light"
 #: docs/benchmarks.md, "Fine-tuning defaults": on 2,000 sentences, 10 % held out scored as well as none, 20 % lost a
 #: point; the hold-out still picks the best epoch and lets the probe's epoch 0 compete).
 DEFAULT_VAL_SPLIT = 0.1
+#: The least training loss the start probe leaves for fine-tuning, as a fraction of chance (ln K for K classes). A
+#: probe fitted to near-zero training loss (0.05 of chance on Fashion-MNIST with EfficientNet-Lite0) sends the backbone
+#: almost no gradient, so the features barely adapt; its logits are then divided by the temperature that lifts the
+#: loss to this floor, which keeps every prediction (Ren et al. 2023, "How to prepare your task head for finetuning":
+#: the training loss at the start of fine-tuning is the "energy" the features adapt with). 0.25 is what one epoch of a
+#: random linear head leaves there (measured: docs/benchmarks.md, "Fine-tuning defaults").
+DEFAULT_PROBE_LOSS_FLOOR = 0.25
 MONITORS = ("val_accuracy", "val_loss")
 ON_ERROR = ("skip", "fail")
 #: Arguments that may differ on resume without changing the result.
@@ -73,6 +80,7 @@ class FinetuneOptions:
     bn_policy: str = DEFAULT_BN_POLICY
     init_head: str | None = None
     linear_probe: bool | None = None
+    probe_loss_floor: float = DEFAULT_PROBE_LOSS_FLOOR
     early_stopping: int | None = None
     monitor: str = "val_accuracy"
     grad_clip: float | None = 1.0
@@ -175,6 +183,11 @@ class FinetuneOptions:
             raise ConfigError(f"{{param}} is a fraction of each phase in [0, 1), not {self.warmup}", param="warmup")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"{{param}} must be positive (or omitted), not {self.grad_clip}", param="grad_clip")
+        if not 0 <= self.probe_loss_floor < 1:
+            raise ConfigError(
+                f"{{param}} is a fraction of chance's loss in [0, 1), not {self.probe_loss_floor}",
+                param="probe_loss_floor",
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{{param}} must be in [0, 1), not {self.label_smoothing}", param="label_smoothing")
         check_mixing(self.mixup, self.cutmix)

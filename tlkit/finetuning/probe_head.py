@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import BadInputError, FingerprintMismatchError
+from tlkit.finetuning.options import DEFAULT_PROBE_LOSS_FLOOR
 from tlkit.heads.allow import check_head_record
 from tlkit.runs.rundir import HEAD_WEIGHTS, load_tensors, read_config
 
@@ -140,11 +141,15 @@ def _check_preprocess(config: dict[str, Any], where: str, backbone: Backbone) ->
 @dataclass
 class StartProbe:
     """The linear probe a default run fits on frozen features of its training split before fine-tuning (LP-FT):
-    the weights of an ``nn.Linear`` head on raw embeddings, and what the cross-validation chose."""
+    the weights of an ``nn.Linear`` head on raw embeddings, what the cross-validation chose, and the temperature its
+    weights were divided by to keep the training loss at the floor (:func:`temper`), with the loss before and after."""
 
     state: dict[str, torch.Tensor]
     selection: dict[str, Any]
     items: int
+    temperature: float = 1.0
+    train_loss: float | None = None
+    start_loss: float | None = None
 
     def summary(self) -> dict[str, Any]:
         chosen = self.selection.get("chosen") or {}
@@ -155,7 +160,33 @@ class StartProbe:
             "cv_accuracy": chosen.get("cv_accuracy"),
             "cv_accuracy_std": chosen.get("cv_accuracy_std"),
             "seconds": self.selection.get("seconds"),
+            "temperature": self.temperature,
+            "train_loss": self.train_loss,
+            "start_loss": self.start_loss,
         }
+
+
+def temper(logits: torch.Tensor, labels: torch.Tensor, n_classes: int, floor: float) -> tuple[float, float, float]:
+    """The temperature ``T >= 1`` at which the cross-entropy of ``logits / T`` on ``labels`` reaches ``floor * ln K``
+    (1 when the loss is already there), with the loss at ``T = 1`` and at ``T``. Dividing by ``T`` keeps every
+    prediction; the loss rises towards ln K as ``T`` grows, so bisection on ``log T`` finds it."""
+    import math
+
+    import torch
+
+    def loss(t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / t, labels))
+
+    base = loss(1.0)
+    target = floor * math.log(n_classes)
+    if n_classes < 2 or floor <= 0 or base >= target:
+        return 1.0, base, base
+    low, high = 0.0, math.log(1e6)
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if loss(math.exp(mid)) < target else (low, mid)
+    t = math.exp(high)
+    return t, base, loss(t)
 
 
 def frozen_features(
@@ -211,11 +242,13 @@ def fit_start_probe(
     batch_size: int,
     seed: int = 0,
     callback: Callable[[int, int], None] | None = None,
+    loss_floor: float = DEFAULT_PROBE_LOSS_FLOOR,
 ) -> StartProbe:
     """LP-FT's first stage: a linear probe on frozen features of ``dataset``, its L2 strength chosen by k-fold
     cross-validation (:func:`tlkit.heads.auto.fit_logistic_cv`, the default head of ``tlkit train``), with the
-    standardisation (scale floored as ``tlkit train`` floors it) folded into the weights. ``callback(done, total)``
-    follows the forward pass over ``dataset``."""
+    standardisation (scale floored as ``tlkit train`` floors it) folded into the weights, and the weights divided by
+    the temperature that keeps its training loss at ``loss_floor`` of chance (:data:`DEFAULT_PROBE_LOSS_FLOOR`).
+    ``callback(done, total)`` follows the forward pass over ``dataset``."""
     import torch
 
     from tlkit.heads.auto import fit_logistic_cv
@@ -229,5 +262,6 @@ def fit_start_probe(
     theta, selection = fit_logistic_cv((x - mean) / scale, y, n_classes, seed=seed)
     weight = theta[:, :-1] / scale
     bias = theta[:, -1] - weight @ mean
-    state = {"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}
-    return StartProbe(state, selection.to_dict(), len(y))
+    t, before, after = temper(x @ weight.T + bias, y, n_classes, loss_floor)
+    state = {"weight": (weight / t).float().contiguous(), "bias": (bias / t).float().contiguous()}
+    return StartProbe(state, selection.to_dict(), len(y), t, before, after)
