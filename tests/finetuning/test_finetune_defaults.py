@@ -60,6 +60,10 @@ def test_default_recipe_starts_from_a_probe_and_trains_every_block_it_claims(
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["head"]["name"] == "linear" and config["init_head"]["auto"] is True
     assert config["init_head"]["items"] == 50 and 0.0 <= config["init_head"]["cv_accuracy"] <= 1.0
+    # the message names the cross-validation and, when the probe was tempered to the loss floor, the temperature
+    assert "cross-validated accuracy" in snaps.message and "too few per class" not in snaps.message
+    temperature = config["init_head"]["temperature"]
+    assert temperature >= 1.0 and ("logits divided by" in snaps.message) == (temperature > 1.0)
     assert result.plan == "all:1"
     # the head starts from that probe, not at random
     probe = engine.built.start
@@ -128,3 +132,16 @@ def test_the_start_probe_is_tempered_to_the_loss_floor_and_keeps_its_predictions
     # a floor the probe is already above changes nothing
     above = fit_start_probe(backbone, dataset, k, runtime, 16, loss_floor=loss / math.log(k) * 0.9)
     assert above.temperature == 1.0 and torch.equal(above.state["weight"], fitted.state["weight"])
+
+
+def test_a_start_probe_too_small_to_cross_validate_is_still_tempered_and_named(tmp_path: Path) -> None:
+    from _ft_helpers import Recorder, image_data
+
+    data = image_data(tmp_path / "data", classes=3, per_class=1)
+    rec = Recorder("fake/image", data, tmp_path / "run", epochs=1, val_split=0.0, probe_loss_floor=0.9)
+    rec.run()
+    start = rec.engine.built.start
+    assert start is not None and start.summary()["cv_accuracy"] is None
+    assert rec.engine.start_message.startswith("linear probe on 3 frozen embeddings (too few per class")
+    # three items fitted by the middle of the grid leave less than 0.9 of chance: tempered, and the message says so
+    assert start.temperature > 1.0 and "logits divided by" in rec.engine.start_message

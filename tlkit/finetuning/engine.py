@@ -147,13 +147,13 @@ class Finetuner:
                 f"{chosen['cv_accuracy_std']:.3f} cross-validated accuracy (L2 strength {chosen['lambda']:.1e}); "
                 f"fine-tuning starts from it"
             )
-        if start.temperature > 1:
-            message += (
-                f", its logits divided by {start.temperature:.2f} to leave a training loss of {start.start_loss:.3f} "
-                f"(fitted: {start.train_loss:.3f}; floor {self.opts.probe_loss_floor:g} of chance)"
-            )
         else:
             message = f"linear probe on {start.items} frozen embeddings (too few per class to cross-validate)"
+        if start.temperature > 1:
+            message += (
+                f"; its logits divided by {start.temperature:.2f} to leave a training loss of {start.start_loss:.3f} "
+                f"(fitted: {start.train_loss:.3f}; floor {self.opts.probe_loss_floor:g} of chance)"
+            )
         self.start_message = message
         return start
 
