@@ -43,8 +43,8 @@ DEFAULT_VAL_SPLIT = 0.1
 #: probe fitted to near-zero training loss (0.05 of chance on Fashion-MNIST with EfficientNet-Lite0) sends the backbone
 #: almost no gradient, so the features barely adapt; its logits are then divided by the temperature that lifts the
 #: loss to this floor, which keeps every prediction (Ren et al. 2023, "How to prepare your task head for finetuning":
-#: the training loss at the start of fine-tuning is the "energy" the features adapt with). 0.25 is what one epoch of a
-#: random linear head leaves there (measured: docs/benchmarks.md, "Fine-tuning defaults").
+#: the training loss at the start of fine-tuning is the "energy" the features adapt with). 0.25 is about what one
+#: epoch of a random linear head leaves there (0.24; measured: docs/benchmarks.md, "Fine-tuning defaults").
 DEFAULT_PROBE_LOSS_FLOOR = 0.25
 MONITORS = ("val_accuracy", "val_loss")
 ON_ERROR = ("skip", "fail")
