@@ -241,6 +241,7 @@ def test_text_backbone_bf16_accumulation(tmp_path: Path) -> None:
         ({"backbone_lr_ratio": 0.1, "backbone_lr": 1e-5}, "not both"),
         ({"val_split": 0.0, "early_stopping": 2}, "watches validation"),
         ({"layer_decay": 1.5}, "layer_decay must be in"),
+        ({"ema": 1.0}, "ema is a decay per optimizer step in"),
         ({"unfreeze": "stages.9"}, "stem, stages.0, stages.1"),
         ({"nonsense": 1}, "unknown finetune option"),
     ],

@@ -1,6 +1,6 @@
 """Resume after kill -9: a real `tlkit finetune` subprocess is SIGKILLed in phase 2, then resumed; the final weights
 must equal those of an uninterrupted run, bit for bit (deterministic CPU run, augmentation, mixup/CutMix and a
-DataLoader worker included)."""
+DataLoader worker and the weight average of --ema included)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ ARGS = [
     "0.2",
     "--cutmix",
     "1.0",
+    "--ema",
+    "0.9",
     "-q",
 ]
 
@@ -110,8 +112,9 @@ def test_sigkill_in_phase_two_then_resume_equals_uninterrupted(data: Path, tmp_p
     for key in expected:
         assert torch.equal(final[key], expected[key]), key
     last, last_ref = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (out, ref))
+    assert any(key.startswith("ema.") for key in last_ref)  # the weight average resumes too
     for key in last_ref:
-        if key.startswith(("model.", "optim.")):
+        if key.startswith(("model.", "optim.", "ema.")):
             assert torch.equal(last[key], last_ref[key]), key
 
 

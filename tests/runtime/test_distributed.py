@@ -39,11 +39,12 @@ EXTRACT = ["--precision", "fp32", "--workers", "0", "--batch-size", "4", "--comm
 EXTRACT_API = {"precision": "fp32", "workers": 0, "batch_size": 4, "commit_rows": 4}
 FINETUNE = [
     "--schedule", "head:1,last:1:4", "--batch-size", "8", "--workers", "0", "--precision", "fp32",
-    "--head", "linear", "--lr", "1e-2", "--backbone-lr-ratio", "0.5", "--seed", "1", "--val-split", "0.2", "-q",
+    "--head", "linear", "--lr", "1e-2", "--backbone-lr-ratio", "0.5", "--seed", "1", "--val-split", "0.2",
+    "--ema", "0.9", "-q",
 ]  # fmt: skip
 FINETUNE_API = {
     "schedule": "head:1,last:1:4", "batch_size": 8, "workers": 0, "device": "cpu", "precision": "fp32",
-    "head": "linear", "lr": 1e-2, "backbone_lr_ratio": 0.5, "seed": 1, "val_split": 0.2,
+    "head": "linear", "lr": 1e-2, "backbone_lr_ratio": 0.5, "seed": 1, "val_split": 0.2, "ema": 0.9,
 }  # fmt: skip
 ENV = {**CHILD_ENV, "HF_HUB_OFFLINE": "1", "TLKIT_DIST_TIMEOUT": "120"}
 

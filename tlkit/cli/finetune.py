@@ -217,6 +217,13 @@ class _Progress:
     "fitted below it has its logits divided by a temperature (same predictions), so the features still adapt. 0 = "
     "start from the probe as fitted.",
 )
+@click.option(
+    "--ema",
+    type=float,
+    metavar="DECAY",
+    help="Keep an exponential moving average of the weights with this decay per optimizer step (e.g. 0.99): it is "
+    "what each epoch validates and what the run keeps. Off by default.",
+)
 @click.option("--early-stopping", type=int, metavar="N", help="Stop after N epochs without improvement.")
 @click.option("--monitor", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy", show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0 = off).")

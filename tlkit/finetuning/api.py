@@ -53,7 +53,7 @@ def finetune(
     ``head``, ``head_params``, ``unfreeze``, ``schedule``, ``gradual``, ``gradual_every``, ``head_epochs``, ``epochs``,
     ``lr``, ``backbone_lr_ratio``, ``backbone_lr``, ``layer_decay``, ``weight_decay``, ``optimizer``,
     ``lr_schedule``, ``warmup``, ``batch_size``, ``accumulate``, ``precision``, ``augment``, ``bn_policy``,
-    ``init_head``, ``linear_probe``, ``probe_loss_floor``, ``early_stopping``, ``monitor``, ``grad_clip``,
+    ``init_head``, ``linear_probe``, ``probe_loss_floor``, ``ema``, ``early_stopping``, ``monitor``, ``grad_clip``,
     ``grad_checkpointing``, ``label_smoothing``, ``mixup``, ``cutmix``, ``val_split``, ``seed``, ``device``,
     ``workers``. ``device``, ``precision`` and ``workers`` default to ``auto``, resolved by the runtime policy
     (``docs/runtime.md``).

@@ -68,8 +68,10 @@ class DistRunFiles(RunFiles):
         super().write_config(config)
         D.barrier()
 
-    def save_checkpoint(self, model: Any, optimizer: Any, scaler: Any, state: dict[str, Any]) -> None:
-        super().save_checkpoint(model, optimizer, scaler, state)
+    def save_checkpoint(
+        self, model: Any, optimizer: Any, scaler: Any, state: dict[str, Any], average: Any = None
+    ) -> None:
+        super().save_checkpoint(model, optimizer, scaler, state, average)
         D.barrier()
 
     def save_best(self, model: Any, state: dict[str, Any]) -> None:

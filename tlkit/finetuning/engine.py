@@ -8,7 +8,8 @@ One run: a backbone plus a head (:class:`tlkit.finetuning.model.TransferModel`) 
 - augmentation from the backbone's training transform, evaluation with its eval transform
   (:mod:`tlkit.finetuning.data`);
 - the resolved runtime's device, autocast and gradient scaler; gradient accumulation and clipping, gradient
-  checkpointing, early stopping on validation (:mod:`tlkit.finetuning.evaluation`);
+  checkpointing, early stopping on validation (:mod:`tlkit.finetuning.evaluation`); optionally an exponential moving
+  average of the weights, which is then what is validated and kept (:mod:`tlkit.finetuning.ema`);
 - an atomic checkpoint every epoch, so ``resume=True`` continues after a crash or ``kill -9`` and a deterministic CPU
   run ends with the same weights as an uninterrupted one (:mod:`tlkit.finetuning.state`).
 
@@ -17,6 +18,7 @@ Every file is written through :class:`tlkit.finetuning.run_files.RunFiles`; prog
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tlkit.errors import BadInputError
+from tlkit.finetuning.ema import WeightAverage
 from tlkit.finetuning.evaluation import BestEpoch, predict, validation_metrics
 from tlkit.finetuning.freeze import FreezeRow, freeze_report
 from tlkit.finetuning.mixing import BatchMixer, check_mixing
@@ -121,6 +124,7 @@ class Finetuner:
         self.plan, self.trainable_by_phase = phase_plan(opts, self.model.blocks, self.backbone.modality)
         self._attach_adapters()
         self._build_optimizer()
+        self.average = WeightAverage(self.model, opts.ema) if opts.ema else None
         self._build_loaders()
         self.freeze = self._freeze_report()
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
@@ -322,7 +326,7 @@ class Finetuner:
         if self.existing is None or ckpt is None:
             self.files.write_config(self._config())
             return 0, []
-        state = self.files.load_checkpoint(self.model, self.optimizer, self.scaler)
+        state = self.files.load_checkpoint(self.model, self.optimizer, self.scaler, self.average)
         self.global_step = int(state["global_step"])
         self.best.restore(state)
         self.files.write_config({**self.existing, "status": "running", "runtime": self.runtime.to_dict()})
@@ -338,15 +342,20 @@ class Finetuner:
                 self.best.new_phase()
         row: dict[str, Any] = {"epoch": epoch + 1, "phase": phase_index, "unfrozen": trainable}
         row.update(self._train_epoch(epoch))
-        row.update(self._validate())
         has_val = self.val_loader is not None
-        if self.best.update(row if has_val else {}, epoch + 1, self.plan.total_epochs - epoch - 1) and has_val:
-            self.files.save_best(self.model, {"epoch": epoch + 1, "best": self.best.best})
+        with self._averaged():  # with --ema, the average is what is validated and kept
+            row.update(self._validate())
+            if self.best.update(row if has_val else {}, epoch + 1, self.plan.total_epochs - epoch - 1) and has_val:
+                self.files.save_best(self.model, {"epoch": epoch + 1, "best": self.best.best})
         history.append(row)
         state = {"epoch": epoch + 1, "global_step": self.global_step, "phase": phase_index, **self.best.state()}
-        self.files.save_checkpoint(self.model, self.optimizer, self.scaler, {**state, "history": history})
+        self.files.save_checkpoint(self.model, self.optimizer, self.scaler, {**state, "history": history}, self.average)
         self.files.append_metrics(row)
         self._emit("epoch_end", epoch=epoch + 1, epochs=self.plan.total_epochs, phase=phase_index, metrics=row)
+
+    def _averaged(self) -> contextlib.AbstractContextManager[None]:
+        """The model holds the weight average inside the block (``--ema``), or its own weights without one."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     # -- training ----------------------------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -407,6 +416,8 @@ class Finetuner:
                 torch.nn.utils.clip_grad_norm_(params, self.opts.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.average is not None:
+                self.average.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
 
@@ -465,6 +476,8 @@ class Finetuner:
         best_state = self.files.best_model_state() if self.val_loader is not None else None
         if best_state is not None:
             self.model.load_run_state(best_state)
+        elif self.average is not None:  # no validation: the final model is the average
+            self.average.load_live()
         self.files.save_model(self.model)
         y, p, evaluated_on = self._final_predictions()
         report = classification_report(y.tolist(), p.tolist(), self.class_names)

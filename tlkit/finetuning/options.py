@@ -81,6 +81,7 @@ class FinetuneOptions:
     init_head: str | None = None
     linear_probe: bool | None = None
     probe_loss_floor: float = DEFAULT_PROBE_LOSS_FLOOR
+    ema: float | None = None
     early_stopping: int | None = None
     monitor: str = "val_accuracy"
     grad_clip: float | None = 1.0
@@ -187,6 +188,10 @@ class FinetuneOptions:
             raise ConfigError(
                 f"{{param}} is a fraction of chance's loss in [0, 1), not {self.probe_loss_floor}",
                 param="probe_loss_floor",
+            )
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(
+                f"{{param}} is a decay per optimizer step in (0, 1), e.g. 0.99, not {self.ema}", param="ema"
             )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{{param}} must be in [0, 1), not {self.label_smoothing}", param="label_smoothing")

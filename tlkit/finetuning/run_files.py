@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from tlkit.finetuning.ema import WeightAverage
     from tlkit.finetuning.model import TransferModel
     from tlkit.runs.metrics import ClassificationReport
 
@@ -97,8 +98,10 @@ class RunFiles:
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dir / METRICS)
 
-    def load_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> dict[str, Any]:
-        return load_training_state(self.last_checkpoint, model, optimizer, scaler)
+    def load_checkpoint(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, average: WeightAverage | None = None
+    ) -> dict[str, Any]:
+        return load_training_state(self.last_checkpoint, model, optimizer, scaler, average)
 
     def best_model_state(self) -> dict[str, torch.Tensor] | None:
         return load_model_tensors(self.best_checkpoint) if self.best_checkpoint.is_file() else None
@@ -117,9 +120,11 @@ class RunFiles:
         if self.is_main:
             append_jsonl(self.dir / METRICS, row)
 
-    def save_checkpoint(self, model: nn.Module, optimizer: Any, scaler: Any, state: dict[str, Any]) -> None:
+    def save_checkpoint(
+        self, model: nn.Module, optimizer: Any, scaler: Any, state: dict[str, Any], average: WeightAverage | None = None
+    ) -> None:
         if self.is_main:
-            save_training_state(self.last_checkpoint, model, optimizer, scaler, state)
+            save_training_state(self.last_checkpoint, model, optimizer, scaler, state, average)
 
     def save_best(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.is_main:

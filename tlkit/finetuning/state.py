@@ -6,8 +6,10 @@
   saves only the adapters, the BatchNorm tensors of adapter blocks and the head: the frozen base is rebuilt);
 - ``optim.<param index>.<key>``: optimizer state tensors (AdamW moments and step counts, SGD momentum);
 - ``rng.torch``, ``rng.cuda.<i>``, ``rng.numpy``: random generator states;
+- ``ema.<parameter>``: with ``--ema``, the moving average of each parameter (:mod:`tlkit.finetuning.ema`);
 - metadata key ``tlkit_checkpoint``: JSON with the epoch, optimizer step, phase, best-so-far, early-stopping
-  counter, the optimizer's param groups and scalar state, the gradient scaler, the Python RNG and an argument digest.
+  counter, the weight average's step count, the optimizer's param groups and scalar state, the gradient scaler,
+  the Python RNG and an argument digest.
 
 ``best.safetensors`` holds the best model so far (``model.*`` only). Both are written with an atomic rename, so a
 ``kill -9`` leaves either the previous checkpoint or the new one, never a torn file, and each has a checksum
@@ -28,6 +30,8 @@ from tlkit.errors import BadInputError
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from tlkit.finetuning.ema import WeightAverage
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.safetensors"
@@ -125,8 +129,10 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     scaler: Any,
     state: dict[str, Any],
+    average: WeightAverage | None = None,
 ) -> None:
-    """Atomically write model, optimizer, scaler, RNG and the ``state`` dict (JSON-serialisable) to ``path``."""
+    """Atomically write model, optimizer, scaler, RNG, the weight average (``--ema``) and the ``state`` dict
+    (JSON-serialisable) to ``path``."""
     from tlkit.runs.rundir import save_tensors
 
     opt_tensors, opt_meta = _optimizer_parts(optimizer)
@@ -137,8 +143,9 @@ def save_training_state(
         "optimizer": opt_meta,
         "scaler": {k: v for k, v in scaler.state_dict().items()} if scaler is not None else {},
         "rng": rng_meta,
+        **({"ema_updates": average.updates} if average is not None else {}),
     }
-    tensors = {**model_tensors(model), **opt_tensors, **rng_tensors}
+    tensors = {**model_tensors(model), **opt_tensors, **rng_tensors, **(average.tensors() if average else {})}
     save_tensors(path, tensors, metadata={META_KEY: json.dumps(meta, default=float)})
 
 
@@ -192,9 +199,14 @@ def load_model_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_training_state(
-    path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scaler and RNG from ``path``; return the saved ``state`` dict."""
+    """Restore model, optimizer, scaler, RNG and the weight average (``--ema``) from ``path``; return the saved
+    ``state`` dict."""
     from tlkit.runs.rundir import load_tensors
 
     path = Path(path)
@@ -218,4 +230,6 @@ def load_training_state(
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     _restore_rng(tensors, meta.get("rng", {}))
+    if average is not None:
+        average.restore(tensors, int(meta.get("ema_updates", 0)), str(path), f"; {checkpoint_fix(path)}")
     return meta
