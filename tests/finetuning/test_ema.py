@@ -102,3 +102,11 @@ def test_what_is_validated_and_kept_is_the_average(data: Path, tmp_path: Path) -
     for key in (k for k in last if k.startswith("ema.")):
         assert torch.equal(final[key[4:]], last[key]), key
     assert not torch.equal(final["head.weight"], last["model.head.weight"])  # not the live weights
+
+
+def test_only_what_some_phase_trains_is_averaged(data: Path, tmp_path: Path) -> None:
+    tlkit.finetune("fake/image", data, tmp_path / "run", ema=0.8, epochs=1, unfreeze="last:1", **FAST)
+    last = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
+    averaged = [k[4:] for k in last if k.startswith("ema.")]
+    assert {k.split(".")[0] for k in averaged} == {"head", "backbone"}
+    assert all(k.startswith(("head.", "backbone.stages.1.")) for k in averaged), averaged  # not stem, stages.0

@@ -2,9 +2,10 @@
 
 The averaged copy follows every optimizer step, ``avg ← d·avg + (1 − d)·w``, with the warm-up of TensorFlow's
 ``ExponentialMovingAverage(num_updates=...)``: ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` steps, so early on
-the average spans about the last tenth of the steps taken and the starting weights do not dominate it. Only
-parameters are averaged; buffers (BatchNorm statistics) are the live model's, as timm's ``ModelEmaV3`` does with
-``exclude_buffers`` (they are already running averages, and under DDP rank 0's are broadcast every epoch). Each
+the average spans about the last tenth of the steps taken and the starting weights do not dominate it. Only the
+parameters some phase trains are averaged (the others never change). Buffers (BatchNorm statistics) are the
+live model's, as timm's ``ModelEmaV3`` does with ``exclude_buffers``: they are already running averages, and under
+DDP rank 0's are broadcast every epoch. Each
 validation, the best model and the final model use the averaged weights (:meth:`WeightAverage.applied`); training
 continues from the live ones. The checkpoint keeps both, so ``--resume`` continues the same average.
 """
@@ -12,7 +13,7 @@ continues from the live ones. The checkpoint keeps both, so ``--resume`` continu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from tlkit.errors import BadInputError
@@ -28,13 +29,16 @@ WARMUP = 10
 
 
 class WeightAverage:
-    """The exponential moving average of ``model``'s parameters, with per-step ``decay`` in (0, 1)."""
+    """The exponential moving average of ``model``'s parameters, with per-step ``decay`` in (0, 1): of those in
+    ``only`` when given (those some phase trains: the others never change, so they need no copy)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, only: Iterable[torch.Tensor] | None = None) -> None:
         self.decay = decay
         self.updates = 0
-        self.names = [name for name, _ in model.named_parameters()]
-        self.params = [p for _, p in model.named_parameters()]
+        keep = None if only is None else {id(p) for p in only}
+        named = [(n, p) for n, p in model.named_parameters() if keep is None or id(p) in keep]
+        self.names = [name for name, _ in named]
+        self.params = [p for _, p in named]
         self.shadow = [p.detach().clone() for p in self.params]
 
     def current_decay(self) -> float:

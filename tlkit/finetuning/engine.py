@@ -124,7 +124,13 @@ class Finetuner:
         self.plan, self.trainable_by_phase = phase_plan(opts, self.model.blocks, self.backbone.modality)
         self._attach_adapters()
         self._build_optimizer()
-        self.average = WeightAverage(self.model, opts.ema) if opts.ema else None
+        self.average = None
+        if opts.ema:  # the head and the blocks some phase unfreezes: nothing else changes
+            from tlkit.finetuning.optim import HEAD
+
+            blocks = {HEAD}.union(*self.trainable_by_phase)
+            groups = [g for g in self.optimizer.param_groups if g["block"] in blocks]
+            self.average = WeightAverage(self.model, opts.ema, only=[p for g in groups for p in g["params"]])
         self._build_loaders()
         self.freeze = self._freeze_report()
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
