@@ -5,9 +5,9 @@ The averaged copy follows every optimizer step, ``avg ← d·avg + (1 − d)·w`
 the average spans about the last tenth of the steps taken and the starting weights do not dominate it. Only the
 parameters some phase trains are averaged (the others never change). Buffers (BatchNorm statistics) are the
 live model's, as timm's ``ModelEmaV3`` does with ``exclude_buffers``: they are already running averages, and under
-DDP rank 0's are broadcast every epoch. Each
-validation, the best model and the final model use the averaged weights (:meth:`WeightAverage.applied`); training
-continues from the live ones. The checkpoint keeps both, so ``--resume`` continues the same average.
+DDP rank 0's are broadcast every epoch. Each validation, the best model and the final model use the averaged weights
+(:meth:`WeightAverage.applied`); training continues from the live ones. The checkpoint keeps both, so ``--resume``
+continues the same average.
 """
 
 from __future__ import annotations
