@@ -32,7 +32,7 @@ def test_the_average_follows_the_warmed_up_decay() -> None:
         average.update()
         decay = min(0.9, (1 + step) / (10 + step))
         expected = decay * expected + (1 - decay) * value
-        assert average.shadow[0] == pytest.approx(torch.full((2, 3), expected), rel=1e-5)
+        assert torch.allclose(average.shadow[0], torch.full((2, 3), expected), rtol=1e-5)
     assert average.current_decay() == 0.9  # warmed up: (1 + 100) / (10 + 100) > 0.9
 
 

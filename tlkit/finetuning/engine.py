@@ -31,7 +31,7 @@ from tlkit.finetuning.ema import WeightAverage
 from tlkit.finetuning.evaluation import BestEpoch, predict, validation_metrics
 from tlkit.finetuning.freeze import FreezeRow, freeze_report
 from tlkit.finetuning.mixing import BatchMixer, check_mixing
-from tlkit.finetuning.optim import backbone_rate, block_rates
+from tlkit.finetuning.optim import HEAD, backbone_rate, block_rates
 from tlkit.finetuning.options import DEFAULT_IMAGE_AUGMENT
 from tlkit.finetuning.prepare import (
     build_model,
@@ -126,8 +126,6 @@ class Finetuner:
         self._build_optimizer()
         self.average = None
         if opts.ema:  # the head and the blocks some phase unfreezes: nothing else changes
-            from tlkit.finetuning.optim import HEAD
-
             blocks = {HEAD}.union(*self.trainable_by_phase)
             groups = [g for g in self.optimizer.param_groups if g["block"] in blocks]
             self.average = WeightAverage(self.model, opts.ema, only=[p for g in groups for p in g["params"]])

@@ -145,7 +145,8 @@ def save_training_state(
         "rng": rng_meta,
         **({"ema_updates": average.updates} if average is not None else {}),
     }
-    tensors = {**model_tensors(model), **opt_tensors, **rng_tensors, **(average.tensors() if average else {})}
+    averaged = average.tensors() if average is not None else {}
+    tensors = {**model_tensors(model), **opt_tensors, **rng_tensors, **averaged}
     save_tensors(path, tensors, metadata={META_KEY: json.dumps(meta, default=float)})
 
 
