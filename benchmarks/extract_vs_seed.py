@@ -33,7 +33,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--size", default="500x375", help="WxH of the generated JPEGs (default 500x375)")
-    ap.add_argument("--decode", default="reduced", choices=["reduced", "exact"], help="tlkit's decoding (A only)")
+    ap.add_argument(
+        "--decode", default="reduced", choices=["reduced", "exact", "device"], help="tlkit's decoding (A only)"
+    )
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args()
 

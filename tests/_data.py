@@ -70,3 +70,38 @@ def fashion_mnist_folder(root: Path, split: str, per_class: int, seed: int = 0) 
         for i in rng.permutation(np.flatnonzero(labels == c))[:per_class]:
             Image.fromarray(images[i], "L").save(root / name / f"{i:05d}.png")
     return root
+
+
+def jpeg_bytes(img: Any, **options: object) -> bytes:
+    """``img`` (a PIL image) encoded as a JPEG of quality 90, with Pillow's save ``options``."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **options)
+    return buf.getvalue()
+
+
+def write_jpeg_kinds(root: Path, extra: Any = None) -> None:
+    """Two class folders of the JPEG kinds a camera folder holds (colour, grey, progressive, EXIF-rotated, CMYK,
+    wide) and a PNG, all from one 320x240 image, plus the files ``extra(image)`` returns (``{name: bytes}``)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {
+        "colour.jpg": jpeg_bytes(base),
+        "grey.jpg": jpeg_bytes(base.convert("L")),
+        "progressive.jpg": jpeg_bytes(base, progressive=True),
+        "rotated.jpg": jpeg_bytes(base, exif=exif),
+        "cmyk.jpg": jpeg_bytes(base.convert("CMYK")),
+        "wide.jpg": jpeg_bytes(base.resize((400, 150))),
+        **(extra(base) if extra is not None else {}),
+    }
+    for i, (name, data) in enumerate(sorted(files.items())):
+        folder = root / f"c{i % 2}"
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(data)
+    base.save(root / "c0" / "lossless.png")

@@ -5,12 +5,12 @@ bad-item policy (same skips, same reasons), and leave readers and backbones that
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _data import write_jpeg_kinds
 from PIL import Image
 
 import tlkit
@@ -29,33 +29,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"input_size": [3, 64, 64]}  # effnet/lite0 at 64 px: the same pipeline kinds, a fraction of the compute
 
 
-def jpeg_bytes(img: Image.Image, **options: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90, **options)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """JPEG kinds a camera folder holds: colour, grey, progressive, EXIF-rotated, CMYK, and a PNG; 2 classes."""
     root = tmp_path_factory.mktemp("jpegs")
-    rng = np.random.default_rng(0)
-    base = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    files = {
-        "colour.jpg": jpeg_bytes(base),
-        "grey.jpg": jpeg_bytes(base.convert("L")),
-        "progressive.jpg": jpeg_bytes(base, progressive=True),
-        "rotated.jpg": jpeg_bytes(base, exif=exif),
-        "cmyk.jpg": jpeg_bytes(base.convert("CMYK")),
-        "wide.jpg": jpeg_bytes(base.resize((400, 150))),
-    }
-    for i, (name, data) in enumerate(sorted(files.items())):
-        folder = root / f"c{i % 2}"
-        folder.mkdir(exist_ok=True)
-        (folder / name).write_bytes(data)
-    base.save(root / "c0" / "lossless.png")
+    write_jpeg_kinds(root)
     return root
 
 

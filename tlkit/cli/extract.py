@@ -117,9 +117,11 @@ class _ProgressBar:
 @click.option("--views", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also store K augmented views per item (the backbone's training transform).")  # fmt: skip
 @click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--decode", type=click.Choice(["reduced", "exact"]), default="reduced", show_default=True,
+@click.option("--decode", type=click.Choice(["reduced", "exact", "device"]), default="reduced", show_default=True,
               help="Images: reduced decodes large JPEGs at a reduced size that the backbone's resize allows "
-                   "(faster; per-row cosine >= 0.999 to exact); exact decodes every image in full.")  # fmt: skip
+                   "(faster; per-row cosine >= 0.999 to exact); exact decodes every image in full; device ships "
+                   "baseline JPEGs compressed and decodes them in batches where the model runs (nvJPEG on a GPU), "
+                   "resized and cropped there.")  # fmt: skip
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="skip: record unreadable items with reasons; fail: stop at the first one.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N items.")

@@ -86,8 +86,17 @@ class Uint8Pipeline:
                 x = F.center_crop(x, list(args["size"]))
         return x
 
-    def batch(self, pixels: Sequence[Any]) -> PixelBatch:
-        """Items of :meth:`pixels` as one :class:`PixelBatch` (one copy into an NHWC ``uint8`` buffer)."""
+    def batch(self, pixels: Sequence[Any]) -> PixelBatch | EncodedBatch:
+        """Items of :meth:`pixels` as one :class:`PixelBatch` (one copy into an NHWC ``uint8`` buffer); when some are
+        JPEGs left compressed (:class:`tlkit.data.image.EncodedImage`), an :class:`EncodedBatch` to decode where the
+        model runs."""
+        from tlkit.data.image import EncodedImage
+
+        if any(isinstance(x, EncodedImage) for x in pixels):
+            return EncodedBatch.of(pixels, self)
+        return self._stacked(pixels)
+
+    def _stacked(self, pixels: Sequence[Any]) -> PixelBatch:
         import torch
 
         shapes = {tuple(x.shape) for x in pixels}
@@ -135,6 +144,115 @@ class PixelBatch:
         rows = out.permute(0, 2, 3, 1).view(n, h, w * c)
         rows.mul_(scale.view(c).repeat(w)).add_(shift.view(c).repeat(w))
         return out
+
+
+@dataclass
+class EncodedBatch:
+    """A batch whose JPEGs travel compressed, to be decoded where the model runs (``decode="device"``): one batched
+    ``torchvision.io.decode_jpeg`` call (nvJPEG on a CUDA device), then the same resize and crop on the device.
+    ``data`` holds the JPEGs' bytes end to end (``offsets`` delimit them; one buffer, so a batch is one shared-memory
+    file and one pinned copy), ``encoded_at`` their places in the batch; the items the workers decoded themselves
+    (other formats, progressive or CMYK JPEGs, rotated photos) travel as a :class:`PixelBatch` of crops in
+    ``ready``, at ``ready_at``. :meth:`decode` makes the :class:`PixelBatch` on the device."""
+
+    data: torch.Tensor  # uint8 [total bytes]
+    offsets: list[int]  # len(encoded_at) + 1
+    encoded_at: list[int]
+    ready: PixelBatch | None
+    ready_at: list[int]
+
+    @classmethod
+    def of(cls, items: Sequence[Any], pipeline: Uint8Pipeline) -> EncodedBatch:
+        import numpy as np
+        import torch
+
+        from tlkit.data.image import EncodedImage
+
+        encoded_at = [i for i, x in enumerate(items) if isinstance(x, EncodedImage)]
+        ready_at = [i for i, x in enumerate(items) if not isinstance(x, EncodedImage)]
+        offsets = np.cumsum([0] + [len(items[i].data) for i in encoded_at]).tolist()
+        data = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+        flat = data.numpy()
+        for k, i in enumerate(encoded_at):
+            flat[offsets[k] : offsets[k + 1]] = np.frombuffer(items[i].data, np.uint8)
+        ready = pipeline._stacked([items[i] for i in ready_at]) if ready_at else None
+        return cls(data, offsets, encoded_at, ready, ready_at)
+
+    def __len__(self) -> int:
+        return len(self.encoded_at) + len(self.ready_at)
+
+    def share_memory_(self) -> None:
+        self.data.share_memory_()  # type: ignore[no-untyped-call]
+        if self.ready is not None:
+            self.ready.pixels.share_memory_()  # type: ignore[no-untyped-call]
+
+    def pin_memory(self) -> EncodedBatch:
+        ready = self.ready.pin_memory() if self.ready is not None else None
+        return EncodedBatch(self.data.pin_memory(), self.offsets, self.encoded_at, ready, self.ready_at)
+
+    def decode(self, device: torch.device, pipeline: Uint8Pipeline) -> tuple[PixelBatch | None, list[tuple[int, str]]]:
+        """``(the batch's crops on device, failures)``: the crops of every item that decodes, in batch order, and
+        ``(place in the batch, reason)`` for those that do not. A JPEG the device decoder refuses is decoded on the
+        CPU instead (Pillow's path, which names what is wrong with a damaged file), so no item is lost to the
+        decoder it was sent to."""
+        import torch
+
+        crops: dict[int, torch.Tensor] = {}
+        failed: list[tuple[int, str]] = []
+        for i, x in zip(self.encoded_at, self._decoded(device), strict=True):
+            if isinstance(x, str):
+                failed.append((i, x))
+            else:
+                crops[i] = pipeline.pixels(x)
+        if self.ready is not None:
+            ready = self.ready.pixels.to(device, non_blocking=True)
+            for k, i in enumerate(self.ready_at):
+                crops[i] = ready[k]
+        if not crops:
+            return None, failed
+        order = sorted(crops)
+        c, h, w = crops[order[0]].shape
+        out = torch.empty((len(order), h, w, c), dtype=torch.uint8, device=device)
+        for k, i in enumerate(order):
+            out[k].copy_(crops[i].permute(1, 2, 0))
+        return PixelBatch(out.permute(0, 3, 1, 2), pipeline.scale, pipeline.shift), sorted(failed)
+
+    def _decoded(self, device: torch.device) -> list[torch.Tensor | str]:
+        """Each JPEG as a ``uint8`` ``[3, H, W]`` tensor on ``device``, or the reason it is unreadable: all in one
+        call, then one by one when that call fails, then on the CPU for those the device decoder refuses."""
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        parts = [self.data[a:b] for a, b in zip(self.offsets, self.offsets[1:], strict=False)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))  # torchvision 0.29 points to TorchCodec
+            try:
+                return list(decode_jpeg(parts, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:  # one bad file fails the whole call: find it
+                pass
+            out: list[torch.Tensor | str] = []
+            for part in parts:
+                try:
+                    out.append(decode_jpeg(part, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(_cpu_decoded(part, device))
+            return out
+
+
+def _cpu_decoded(part: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+    """A JPEG the device decoder refused, decoded on the CPU (:func:`tlkit.data.image.decode_image`), or the
+    reason it is unreadable."""
+    from tlkit.data.image import decode_image, encoded_jpegs, pixel_decoding
+    from tlkit.errors import BadItemError
+
+    try:
+        with pixel_decoding(True), encoded_jpegs(False):
+            x = decode_image(part.cpu().numpy().tobytes())
+    except BadItemError as exc:
+        return exc.reason
+    out: torch.Tensor = x.to(device)
+    return out
 
 
 def _steps(transform: Any) -> list[tuple[str, dict[str, Any]]] | None:

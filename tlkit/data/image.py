@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def decode_image(
     ``draft``), the largest reduction that keeps its shortest side at least ``min_side``. Other formats, and
     ``None``, decode at full size.
 
-    Inside a :func:`pixel_decoding` block the result is the same pixels as a ``uint8`` tensor ``[3, H, W]``."""
+    Inside a :func:`pixel_decoding` block the result is the same pixels as a ``uint8`` tensor ``[3, H, W]``; inside
+    an :func:`encoded_jpegs` block too, a JPEG that the device decoder takes is an :class:`EncodedImage` instead."""
     import io
     import warnings
 
@@ -96,6 +98,10 @@ def decode_image(
         if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise BadItemError(item_id, "empty file (0 bytes)")
         if pixels and data is not None:
+            if _ENCODED.get():
+                encoded = _device_jpeg(data)
+                if encoded is not None:
+                    return encoded
             fast = _jpeg_pixels(data, side)
             if fast is not None:
                 return fast
@@ -171,6 +177,63 @@ def pixel_decoding(enabled: bool = True) -> Iterator[None]:
         _PIXELS.reset(token)
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """A JPEG left compressed, to be decoded where the model runs (:func:`encoded_jpegs`): its bytes and its size."""
+
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+_ENCODED: contextvars.ContextVar[bool] = contextvars.ContextVar("tlkit_decode_encoded", default=False)
+
+
+@contextlib.contextmanager
+def encoded_jpegs(enabled: bool = True) -> Iterator[None]:
+    """Within the block (and a :func:`pixel_decoding` one), :func:`decode_image` leaves the JPEGs that a GPU's
+    decoder takes compressed, as :class:`EncodedImage`: baseline 8-bit JPEGs, colour (YCbCr) or grey, under the
+    pixel limit, with no EXIF rotation (nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` applies none).
+    Everything else (PNGs, progressive or CMYK JPEGs, rotated photos, files whose header Pillow cannot read) is
+    decoded here as usual, so a damaged file is still a named skip where it is read. ``decode="device"``
+    extraction asks for it (:class:`tlkit.contract.pixels.EncodedBatch`)."""
+    token = _ENCODED.set(enabled)
+    try:
+        yield
+    finally:
+        _ENCODED.reset(token)
+
+
+#: Start-of-frame markers of baseline and extended sequential Huffman JPEGs: what a GPU decoder is given.
+_SEQUENTIAL_MARKERS = (0xC0, 0xC1)
+
+
+def _device_jpeg(data: bytes) -> EncodedImage | None:
+    """``data`` as an :class:`EncodedImage` when the device decoder takes it (see :func:`encoded_jpegs`), else
+    ``None``. Reads the headers only (Pillow's, for the colour mode and the EXIF orientation): nothing is decoded."""
+    header = jpeg_header(data)
+    if header is None:
+        return None
+    marker, width, height, components = header
+    if marker not in _SEQUENTIAL_MARKERS or components not in (1, 3) or width * height > MAX_IMAGE_PIXELS:
+        return None
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or im.getexif().get(0x0112, 1) != 1:
+                return None
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read: the usual path decides, with its reason
+        return None
+    return EncodedImage(data, width, height)
+
+
 def _reduces(size: tuple[int, int], min_side: int | None) -> bool:
     """Whether a JPEG of ``size`` decodes at a reduced size for ``min_side``: its shortest side is at least twice it."""
     return bool(min_side) and min(size) >= 2 * int(min_side or 0)
@@ -218,6 +281,13 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     """``(width, height, components)`` of an 8-bit JPEG from its frame header, or ``None`` for anything else (not a
     JPEG, another sample precision, a header that ends early or makes no sense)."""
+    header = jpeg_header(data)
+    return None if header is None else header[1:]
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(start-of-frame marker, width, height, components)`` of an 8-bit JPEG (the marker tells baseline ``0xC0``
+    from progressive ``0xC2`` and the others), or ``None`` as for :func:`jpeg_frame`."""
     if not data.startswith(b"\xff\xd8"):
         return None
     i, n = 2, len(data)
@@ -239,7 +309,7 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
                 return None
             height = int.from_bytes(data[i + 5 : i + 7], "big")
             width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (width, height, data[i + 9]) if width and height else None
+            return (marker, width, height, data[i + 9]) if width and height else None
         if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
             return None
         i += 2 + length

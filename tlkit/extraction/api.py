@@ -71,8 +71,9 @@ def extract(
     ``tlkit.get_backbone(..., preprocess=...)`` does; the overrides are part of the fingerprint and the cache key.
     ``device``, ``precision``, ``batch_size`` and ``workers`` follow the runtime policy (``docs/runtime.md``);
     ``workers="auto"`` picks the count from a measurement of the first batches. ``decode="reduced"`` (the default)
-    decodes large JPEGs at a reduced size the backbone's resize allows; ``"exact"`` decodes in full (part of the key;
-    ``docs/extraction.md`` gives the tolerance).
+    decodes large JPEGs at a reduced size the backbone's resize allows; ``"exact"`` decodes in full; ``"device"``
+    ships baseline JPEGs compressed and decodes them in batches on the model's device (nvJPEG on a CUDA GPU). The
+    mode is part of the key; ``docs/extraction.md`` gives the tolerances.
     Started by ``torchrun`` with two or more processes, every rank extracts a shard of ``input`` and rank 0
     merges them into ``output`` (``shard`` is then implied); a union (``keep_existing``) runs whole in each
     process, one after the other under the cache's lock.

@@ -11,7 +11,10 @@ computed (training transforms crop at random and need every pixel).
 Images whose evaluation transform is a standard pipeline (``ImageBackbone.pixel_pipeline()``) take the pixel path,
 as timm's prefetching loader does: JPEGs are decoded straight into ``uint8`` tensors
 (:func:`tlkit.data.image.pixel_decoding`), resized and cropped as ``uint8``, collated into one NHWC ``uint8`` buffer
-(:class:`tlkit.contract.pixels.PixelBatch`), and normalised once per batch where the model runs.
+(:class:`tlkit.contract.pixels.PixelBatch`), and normalised once per batch where the model runs. With
+``decode="device"``, baseline JPEGs skip the workers' decoding: they travel compressed
+(:class:`tlkit.contract.pixels.EncodedBatch`) and this process decodes them on the runtime's device in one call per
+batch (nvJPEG on a CUDA GPU), before the batch reaches the model.
 
 Who prepares the batches: on the CPU, with ``--workers auto`` and the pixel path, this process does, with one
 thread per core between two forward passes (decoding and resizing release the GIL): the forward pass then has every
@@ -38,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from tlkit.contract.backbone import Backbone
 from tlkit.contract.image import ImageBackbone
-from tlkit.contract.pixels import PixelBatch, Uint8Pipeline
+from tlkit.contract.pixels import EncodedBatch, PixelBatch, Uint8Pipeline
 from tlkit.data.base import Reader, Record, load_or_skip
-from tlkit.data.image import as_rgb_image, pixel_decoding, reduced_decoding
+from tlkit.data.image import EncodedImage, as_rgb_image, encoded_jpegs, pixel_decoding, reduced_decoding
 from tlkit.errors import ConfigError
 from tlkit.runtime.batching import shared_memory_error, tree_map
 from tlkit.runtime.resolution import measured_workers
@@ -92,7 +95,7 @@ class ItemSource:
         transform alone; training views crop at random and read the full image."""
         if not self._side:
             side = None
-            if self.decode == "reduced" and not self.views and isinstance(self.backbone, ImageBackbone):
+            if self.decode in ("reduced", "device") and not self.views and isinstance(self.backbone, ImageBackbone):
                 try:
                     side = self.backbone.decode_size()
                 except Exception:  # noqa: BLE001 - a transform that cannot be built fails per item, with its reason
@@ -100,9 +103,21 @@ class ItemSource:
             self._side.append(side)
         return self._side[0]
 
+    @property
+    def encoded(self) -> bool:
+        """Whether JPEGs travel compressed, to be decoded where the model runs (``decode="device"``, pixel path)."""
+        return self.decode == "device" and self.pixels is not None and self._pixel_reader
+
+    @contextlib.contextmanager
+    def _decoding(self) -> Iterator[None]:
+        """How :func:`tlkit.data.image.decode_image` decodes for this source: reduced size, pixels, encoded."""
+        pixels = self.pixels is not None and self._pixel_reader
+        with reduced_decoding(self.decode_side()), pixel_decoding(pixels), encoded_jpegs(self.encoded):
+            yield
+
     def __getitem__(self, pos: int) -> Loaded:
         rec = self.records[pos]
-        with reduced_decoding(self.decode_side()), pixel_decoding(self.pixels is not None and self._pixel_reader):
+        with self._decoding():
             item, reason = load_or_skip(self.reader, rec)
         return self._prepared(pos, rec, item, reason)
 
@@ -116,7 +131,7 @@ class ItemSource:
         held = 0
         for i, pos in enumerate(positions):
             rec = self.records[pos]
-            with reduced_decoding(self.decode_side()), pixel_decoding(self.pixels is not None and self._pixel_reader):
+            with self._decoding():
                 item, reason = load_or_skip(self.reader, rec)
             group.append((pos, rec, item, reason))
             held += _decoded_bytes(item)
@@ -130,6 +145,8 @@ class ItemSource:
         if reason is not None:
             return Loaded(pos, None, reason)
         try:
+            if isinstance(item, EncodedImage):
+                return Loaded(pos, item, None)  # decoded, resized and cropped where the model runs
             if self.pixels is not None:
                 x = self.pixels.pixels(item if _is_tensor(item) else as_rgb_image(item))
                 return Loaded(pos, x, None, tuple(self.backbone.item_flags(x)))
@@ -175,13 +192,15 @@ class Batch:
         it is only printed and the main process waits for the batch forever."""
         if isinstance(self.inputs, PixelBatch):
             self.inputs.pixels.share_memory_()  # type: ignore[no-untyped-call]
+        elif isinstance(self.inputs, EncodedBatch):
+            self.inputs.share_memory_()
         else:
             tree_map(lambda t: t.share_memory_(), self.inputs)
         for v in self.views:
             tree_map(lambda t: t.share_memory_(), v)
 
     def pin_memory(self) -> Batch:
-        if isinstance(self.inputs, PixelBatch):
+        if isinstance(self.inputs, PixelBatch | EncodedBatch):
             self.inputs = self.inputs.pin_memory()
         self.inputs = tree_map(lambda t: t.pin_memory(), self.inputs)
         self.views = [tree_map(lambda t: t.pin_memory(), v) for v in self.views]
@@ -285,8 +304,10 @@ def _decoded_bytes(item: Any) -> int:
 
 
 #: How extraction decodes images: ``reduced`` decodes large JPEGs at a reduced size for the backbone's resize
-#: (``ImageBackbone.decode_size()``), ``exact`` decodes every image at full size.
-DECODE_MODES = ("reduced", "exact")
+#: (``ImageBackbone.decode_size()``), ``exact`` decodes every image at full size, ``device`` sends baseline JPEGs
+#: compressed to where the model runs and decodes them there in batches (nvJPEG on a CUDA GPU), the rest as
+#: ``reduced``.
+DECODE_MODES = ("reduced", "exact", "device")
 
 #: With ``--workers auto``, batches prepared in the main process before the worker count is chosen: the first warms
 #: up (imports, first forward pass), the others are timed.
@@ -317,7 +338,21 @@ class Loader:
         self.timings: list[tuple[float, float]] = []  # (prepare s, step s) of the timed probe batches
 
     def __iter__(self) -> Iterator[Batch]:
-        return _shared_memory_checked(self._batches())
+        batches = _shared_memory_checked(self._batches())
+        return (self._decoded(b) for b in batches) if self.source.encoded else batches
+
+    def _decoded(self, b: Batch) -> Batch:
+        """A batch whose JPEGs came compressed (:class:`EncodedBatch`), decoded, resized and cropped on the
+        runtime's device; an item no decoder reads moves from the batch's positions to its bad items."""
+        if not isinstance(b.inputs, EncodedBatch) or self.source.pixels is None:
+            return b
+        inputs, failed = b.inputs.decode(self.runtime.device, self.source.pixels)
+        if failed:
+            gone = {i for i, _ in failed}
+            b.bad = b.bad + [(b.positions[i], reason) for i, reason in failed]
+            b.positions = [p for i, p in enumerate(b.positions) if i not in gone]
+        b.inputs = inputs
+        return b
 
     def _batches(self) -> Iterator[Batch]:
         plan = iter(self.plan)
