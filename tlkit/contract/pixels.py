@@ -226,7 +226,7 @@ class EncodedBatch:
 
         parts = [self.data[a:b] for a, b in zip(self.offsets, self.offsets[1:], strict=False)]
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))  # torchvision 0.29 points to TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
             try:
                 return list(decode_jpeg(parts, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:  # one bad file fails the whole call: find it
