@@ -150,10 +150,10 @@ class PixelBatch:
 class EncodedBatch:
     """A batch whose JPEGs travel compressed, to be decoded where the model runs (``decode="device"``): one batched
     ``torchvision.io.decode_jpeg`` call (nvJPEG on a CUDA device), then the same resize and crop on the device.
-    ``data`` holds the JPEGs' bytes end to end (``offsets`` delimit them; one buffer, so a batch is one shared-memory
-    file and one pinned copy), ``encoded_at`` their places in the batch; the items the workers decoded themselves
-    (other formats, progressive or CMYK JPEGs, rotated photos) travel as a :class:`PixelBatch` of crops in
-    ``ready``, at ``ready_at``. :meth:`decode` makes the :class:`PixelBatch` on the device."""
+    ``data`` holds the JPEGs' bytes end to end (``offsets`` delimit them; one buffer, so the batch's JPEGs are one
+    shared-memory file and one pinned copy), ``encoded_at`` their places in the batch; the items the workers
+    decoded themselves (other formats, progressive or CMYK JPEGs, rotated photos) travel as a :class:`PixelBatch` of
+    crops in ``ready``, at ``ready_at``. :meth:`decode` makes the :class:`PixelBatch` on the device."""
 
     data: torch.Tensor  # uint8 [total bytes]
     offsets: list[int]  # len(encoded_at) + 1

@@ -129,15 +129,15 @@ class ItemSource:
         out: list[Loaded] = []
         group: list[tuple[int, Record, Any, str | None]] = []
         held = 0
-        for i, pos in enumerate(positions):
-            rec = self.records[pos]
-            with self._decoding():
+        with self._decoding():  # entered once per batch: about 7 us per item otherwise, more than a small item's read
+            for i, pos in enumerate(positions):
+                rec = self.records[pos]
                 item, reason = load_or_skip(self.reader, rec)
-            group.append((pos, rec, item, reason))
-            held += _decoded_bytes(item)
-            if held >= GROUP_BYTES or i == len(positions) - 1:
-                out += [self._prepared(*g) for g in group]
-                group, held = [], 0
+                group.append((pos, rec, item, reason))
+                held += _decoded_bytes(item)
+                if held >= GROUP_BYTES or i == len(positions) - 1:
+                    out += [self._prepared(*g) for g in group]
+                    group, held = [], 0
         return out
 
     def _prepared(self, pos: int, rec: Record, item: Any, reason: str | None) -> Loaded:
