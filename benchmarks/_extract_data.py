@@ -109,3 +109,13 @@ def machine() -> str:
         f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}, "
         f"torch threads {torch.get_num_threads()}, load {load:.1f}"
     )
+
+
+def report(result: dict[str, object], path: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``path`` when one is given."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _extract_data import report
+
 SEGMENT_ROWS = 65536
 CLASSES = 10
 
@@ -135,9 +137,9 @@ def main() -> None:
         linear = ["--head", "linear", "--epochs", str(args.epochs), "--val", str(val), "--device", "cpu"]
         result["train_linear"] = run([*tl, "train", str(cache), "-o", str(tmp / "linear"), *linear], env)
         print("linear", json.dumps(result["train_linear"]), file=sys.stderr, flush=True)
-        report = tmp / "linear" / "report.json"
-        if report.exists():
-            result["linear_val_accuracy"] = json.loads(report.read_text())["accuracy"]
+        report_file = tmp / "linear" / "report.json"
+        if report_file.exists():
+            result["linear_val_accuracy"] = json.loads(report_file.read_text())["accuracy"]
         pf = run([sys.executable, "-c", PARTIAL_FIT, str(cache), str(val)], env)
         result["partial_fit"] = {**pf, **(json.loads(pf["stdout_tail"][-1]) if pf["stdout_tail"] else {})}  # type: ignore[index]
         print("partial_fit", json.dumps(result["partial_fit"]), file=sys.stderr, flush=True)
@@ -145,10 +147,7 @@ def main() -> None:
         result["load_avg_1m_end"] = os.getloadavg()[0]
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _extract_data import report
+
 PER_SHARD = 5000
 
 
@@ -183,10 +185,7 @@ def main() -> None:
                           merge_copy_cpu_s=copy_cpu, merge_virtual_cpu_s=virtual_cpu,
                           virtual_speedup_cpu=copy_cpu / max(virtual_cpu, 1e-9))  # fmt: skip
         result["load_avg_1m_end"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

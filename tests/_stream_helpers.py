@@ -12,6 +12,7 @@ import os
 import re
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,21 @@ def write_folder(root: Path, n: int) -> Path:
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single ``Range: bytes=a-b`` requests (HTTP 206), as S3, GCS and most servers answer."""
+    """Static files with single ``Range: bytes=a-b`` requests (HTTP 206), as S3, GCS and most servers answer.
+    ``served`` (a one-item list, when the server was given one) counts the body bytes sent."""
+
+    served: list[int] | None = None
+    bytes_per_s: float | None = None  # a simulated bandwidth per connection (benchmarks/remote_shards.py)
+
+    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+        if self.served is None and self.bytes_per_s is None:
+            return super().copyfile(source, outputfile)
+        while chunk := source.read(64 << 10):
+            outputfile.write(chunk)
+            if self.served is not None:
+                self.served[0] += len(chunk)
+            if self.bytes_per_s:
+                time.sleep(len(chunk) / self.bytes_per_s)
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
@@ -114,9 +129,11 @@ class _Limited(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def http_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` on ``http://127.0.0.1:PORT/`` from a thread; yields the base URL."""
-    handler = functools.partial(_RangeHandler, directory=str(root))
+def http_server(root: Path, served: list[int] | None = None, bytes_per_s: float | None = None) -> Iterator[str]:
+    """Serve ``root`` on ``http://127.0.0.1:PORT/`` from a thread; yields the base URL. ``served[0]`` (when given)
+    adds up the body bytes the server sends; ``bytes_per_s`` limits each connection to that rate."""
+    cls = type("_Served", (_RangeHandler,), {"served": served, "bytes_per_s": bytes_per_s})
+    handler = functools.partial(cls, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,7 +18,7 @@ from _stream_helpers import http_server, write_folder, write_shards
 
 import tlkit
 from tlkit.cache import FeatureCache, merge_caches, work_dir_for
-from tlkit.data.remote import expand_braces
+from tlkit.data.remote import REMOTE_COPIES_ENV, copies_folder, expand_braces
 from tlkit.data.webdataset import split_name
 from tlkit.errors import BadInputError
 from tlkit.host.readers import open_dataset
@@ -129,6 +130,66 @@ def test_served_over_http_equals_local(shards, single, tmp_path):
         with FeatureCache(out) as fc:
             assert fc.meta["dataset"]["root"] == url + PATTERN
     assert_same_cache(out, single)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_remote_shards_cross_the_network_once(shards, single, tmp_path, monkeypatch, workers):
+    """Listing a remote shard reads all of it; the listing keeps a local copy and the items are read from it, so
+    extracting moves each shard's bytes once (twice with the copies off), in the main process and in workers."""
+    monkeypatch.setenv(REMOTE_COPIES_ENV, str(tmp_path / "copies"))
+    total = sum((shards / f"{i:05d}.tar").stat().st_size for i in range(3))
+    served = [0]
+    with http_server(shards, served) as url:
+        out = tmp_path / "once.h5"
+        tlkit.extract("fake/image", url + PATTERN, out, **{**API, "workers": workers})
+        assert served[0] == total
+        ds = open_dataset(url + PATTERN, "image")  # listed again in this process: the same copies, nothing read
+        assert served[0] == total
+        copies = sorted((tmp_path / "copies").glob("tlkit-remote-*/*.tar"))
+        assert len(copies) == 3 and {r.source[3] for r in ds.records} == {str(c) for c in copies}
+        assert ds.records[0].source[0] == url + "00000.tar" and ds.records[0].id == "00000.tar/000000"
+        assert_same_cache(out, single)
+
+        monkeypatch.setenv(REMOTE_COPIES_ENV, "off")
+        served[0] = 0
+        twice = tmp_path / "twice.h5"
+        tlkit.extract("fake/image", url + PATTERN, twice, **API)
+        assert served[0] > 1.9 * total  # the listing reads every byte, the items nearly all of them again
+        assert_same_cache(twice, single)
+
+
+def test_a_copy_gone_mid_run_is_read_over_the_network(shards, tmp_path, monkeypatch):
+    from tlkit.host.readers import get_reader
+
+    monkeypatch.setenv(REMOTE_COPIES_ENV, str(tmp_path / "copies"))
+    with http_server(shards) as url:
+        ds = open_dataset(url + PATTERN, "image")
+        reader = get_reader(ds)
+        expected = reader.read(ds.records[3])
+        for copy in {r.source[3] for r in ds.records}:
+            Path(copy).unlink()
+        fresh = get_reader(ds)  # no open file kept from before
+        assert fresh.read(ds.records[3]) == expected
+
+
+def test_copies_are_removed_at_exit_and_after_a_kill(shards, tmp_path):
+    parent = tmp_path / "copies"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = parent / f"tlkit-remote-{int(dead.stdout)}-abc"  # a killed process's folder: its process is gone
+    orphan.mkdir(parents=True)
+    (orphan / "x.tar").write_bytes(b"left behind")
+    env = {**CHILD_ENV, REMOTE_COPIES_ENV: str(parent)}
+    with http_server(shards) as url:
+        out = str(tmp_path / "c.h5")
+        cmd = [sys.executable, "-m", "tlkit", "extract", "fake/image", url + PATTERN, "-o", out, *CLI]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not orphan.exists() and list(parent.iterdir()) == []  # the orphan swept, the run's own copies removed
+
+
+def test_copies_can_be_off(monkeypatch):
+    monkeypatch.setenv(REMOTE_COPIES_ENV, "off")
+    assert copies_folder() is None
 
 
 def test_shards_by_items_merge_to_the_single_run(shards, single, tmp_path):

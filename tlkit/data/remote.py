@@ -4,13 +4,22 @@ globs, file stamps, and open files kept per thread.
 A shard is named by the string the user gave (expanded); ids use its path relative to the folder the shards share,
 so a cache made from a local copy and one made from the URL hold the same ids. A shard that is missing or cannot be
 reached is a one-line :class:`tlkit.errors.BadInputError` naming it; nothing is read from it.
+
+Listing a remote WebDataset shard reads all of it (tar headers sit between the members, so reaching the next header
+means reading past the member). :func:`local_copy` keeps those bytes: the shard is downloaded once into this
+process's copies folder (:func:`copies_folder`), listed there, and its items are read from the copy, so a remote
+shard crosses the network once instead of twice.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import itertools
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -24,6 +33,18 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Open files kept per thread (a DataLoader worker reads many items of one shard in a row).
 MAX_OPEN = 8
+#: Where local copies of remote shards go: a folder, or ``off`` to read remote shards over the network twice (once
+#: to list them, once to read their items). Unset: the system's temporary folder.
+REMOTE_COPIES_ENV = "TLKIT_REMOTE_COPIES"
+#: A copy is made only while the copies leave at least this much of the disk free, and at least half of what was free
+#: when the process made its first copy (so copies never crowd out the cache being written); other shards are read
+#: over the network.
+COPY_RESERVE_BYTES = 1 << 30
+#: Bytes read and written at a time while copying.
+COPY_CHUNK = 4 << 20
+_COPIES_PREFIX = "tlkit-remote-"
+_copies: dict[str, Any] = {}  # this process's copies folder and the disk space free when it was made
+_copies_lock = threading.Lock()
 
 T = TypeVar("T")
 
@@ -161,6 +182,113 @@ def common_base(locations: Iterable[str]) -> str:
     return prefix[: prefix.rfind("/") + 1]
 
 
+def is_local(location: str) -> bool:
+    """Whether ``location`` is on the local file system (a path or a ``file://`` URL)."""
+    if not is_url(location):
+        return True
+    fs, _ = filesystem(location)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return bool({"file", "local"} & set(protocols))
+
+
+def copies_folder() -> str | None:
+    """This process's folder for local copies of remote shards (made on first use, removed when the process ends),
+    or ``None`` when :data:`REMOTE_COPIES_ENV` is ``off``. Making it also removes the copies folders that killed
+    processes left behind (their process is gone)."""
+    setting = os.environ.get(REMOTE_COPIES_ENV, "").strip()
+    if setting.lower() in ("off", "0", "no", "false"):
+        return None
+    parent = os.path.expanduser(setting) if setting else tempfile.gettempdir()
+    with _copies_lock:
+        made = _copies.get(parent)
+        if made is not None and made["pid"] == os.getpid() and os.path.isdir(made["folder"]):
+            return str(made["folder"])
+        os.makedirs(parent, exist_ok=True)
+        _remove_orphans(parent)
+        folder = tempfile.mkdtemp(prefix=f"{_COPIES_PREFIX}{os.getpid()}-", dir=parent)
+        _copies[parent] = {"folder": folder, "pid": os.getpid(), "free": shutil.disk_usage(folder).free}
+        atexit.register(_remove_copies, folder, os.getpid())
+        return folder
+
+
+def local_copy(location: str, info: dict[str, Any], folder: str) -> str | None:
+    """The path of a local copy of the remote file ``location`` (fsspec ``info`` as listed) in ``folder``, made
+    now or earlier in this process for the same stamp; ``None`` when the disk has no room for it (the file is then
+    read over the network). An error reading ``location`` names it (:func:`unreachable`); a copy is written under a
+    temporary name and renamed when complete, so a half-made copy is never used."""
+    key = hashlib.sha1(f"{location}\0{file_stamp(info)}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    path = os.path.join(folder, key + os.path.splitext(location)[1])
+    if os.path.exists(path):
+        return path
+    size = int(info.get("size") or 0)
+    made = next((m for m in _copies.values() if m["folder"] == folder), None)
+    floor = max(COPY_RESERVE_BYTES, int(made["free"]) // 2 if made else 0)
+    try:
+        if shutil.disk_usage(folder).free - size < floor:
+            return None
+    except OSError:
+        return None
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.part"
+    fs, inner = filesystem(location)
+    try:
+        with fs.open(inner, "rb") as src, open(tmp, "wb") as dst:
+            while True:
+                try:
+                    chunk = src.read(COPY_CHUNK)
+                except Exception as exc:  # noqa: BLE001 - any transport error names the location
+                    raise unreachable(location, exc) from exc
+                if not chunk:
+                    break
+                dst.write(chunk)  # a full disk (OSError) leaves the file to the network, below
+        os.replace(tmp, path)
+    except BadInputError:
+        _unlink(tmp)
+        raise
+    except OSError:
+        _unlink(tmp)
+        return None
+    except Exception as exc:  # noqa: BLE001 - opening the remote file failed: an error naming it
+        _unlink(tmp)
+        raise unreachable(location, exc) from exc
+    return path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_copies(folder: str, pid: int) -> None:
+    """Remove this process's copies at exit (not in a forked child, which shares the folder name)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphans(parent: str) -> None:
+    """Remove copies folders whose process is gone (killed before it could remove them)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(_COPIES_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid_text = name[len(_COPIES_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
+
+
 class PerThread(Generic[T]):
     """State that each thread of each process has its own of, made by ``make`` on first use: open files (whose
     position is shared by everyone who reads them) and caches. Extraction prepares items on several threads
@@ -259,16 +387,20 @@ def _hidden(path: str, root: str) -> bool:
 
 __all__ = [
     "MAX_OPEN",
+    "REMOTE_COPIES_ENV",
     "OpenFiles",
     "PerThread",
     "as_location",
     "common_base",
+    "copies_folder",
     "expand_braces",
     "file_info",
     "file_stamp",
     "filesystem",
+    "is_local",
     "is_pattern",
     "is_url",
     "list_files",
+    "local_copy",
     "unreachable",
 ]

@@ -20,6 +20,9 @@ Python's tar header parsing costs about as much as decoding a small image, so wh
 that the others would take more than :data:`PARALLEL_LISTING_S` seconds here, they are listed by one process per
 core (``Reader.max_listing_processes``), a few shards ahead of the records being built (in shard order, so the
 listing is the same).
+A remote shard is downloaded once into this process's copies folder (:func:`tlkit.data.remote.local_copy`), listed
+there, and its items are read from that copy: listing reads the whole tar anyway, so without the copy every byte
+would cross the network twice. ``TLKIT_REMOTE_COPIES`` names another folder for the copies, or ``off``.
 Uncompressed tars are random-access; a ``.tar.gz`` shard is refused with the fix (``gunzip`` it). A shard that ends
 early (truncated) keeps the samples before the damage and records one skip naming the shard; a missing or
 unreachable shard is an error naming it.
@@ -38,7 +41,18 @@ from typing import Any
 from tlkit.data.audio import AUDIO_EXTENSIONS
 from tlkit.data.base import Dataset, Record, Skipped
 from tlkit.data.image import IMAGE_EXTENSIONS
-from tlkit.data.remote import OpenFiles, common_base, file_info, file_stamp, filesystem, list_files, unreachable
+from tlkit.data.remote import (
+    OpenFiles,
+    common_base,
+    copies_folder,
+    file_info,
+    file_stamp,
+    filesystem,
+    is_local,
+    list_files,
+    local_copy,
+    unreachable,
+)
 from tlkit.data.streams import Entry, StreamReader, label_text, option
 from tlkit.errors import BadInputError, BadItemError
 
@@ -109,11 +123,12 @@ class WebDatasetReader(StreamReader):
         base = common_base(shards) if len(shards) > 1 else shards[0][: shards[0].rfind("/") + 1]
         exts = self.item_extensions(options)
         label = option(options, "label_column", "label_field")
+        copies = None if is_local(shards[0]) else copies_folder()
         skipped: list[Skipped] = []
         labelled = [False]
 
         def entries() -> Iterator[Entry]:  # shard by shard: a listing holds a few shards' members at a time
-            for found, skips, any_label in self._scan_shards(shards, base, exts, label):
+            for found, skips, any_label in self._scan_shards(shards, base, exts, label, copies=copies):
                 skipped.extend(skips)
                 labelled[0] = labelled[0] or any_label
                 yield from found
@@ -133,15 +148,16 @@ class WebDatasetReader(StreamReader):
         exts: tuple[str, ...],
         label: str | None,
         parallel_after_s: float = PARALLEL_LISTING_S,
+        copies: str | None = None,
     ) -> Iterator[Listing]:
         """Each shard's listing, in shard order: the first here, timed; the others here too, or, when that would
         take more than ``parallel_after_s``, in up to :attr:`max_listing_processes` processes (one per core when
         the host opened the dataset), at most two shards per process ahead. :attr:`listing_processes` says how many
-        processes listed (0: this one alone)."""
+        processes listed (0: this one alone). With ``copies`` (a folder), remote shards are copied there first."""
         from concurrent.futures import Future, ProcessPoolExecutor
 
         started = time.perf_counter()
-        first = self._scan_shard(shards[0], shards[0][len(base) :], exts, label)
+        first = self._scan_shard(shards[0], shards[0][len(base) :], exts, label, copies)
         took = time.perf_counter() - started  # the listing alone, not what the caller does with it
         yield first
         rest = shards[1:]
@@ -149,7 +165,7 @@ class WebDatasetReader(StreamReader):
         self.listing_processes = 0
         if procs < 2 or took * len(rest) <= parallel_after_s:
             for shard in rest:
-                yield self._scan_shard(shard, shard[len(base) :], exts, label)
+                yield self._scan_shard(shard, shard[len(base) :], exts, label, copies)
             return
         pool = ProcessPoolExecutor(procs)
         self.listing_processes = procs
@@ -160,7 +176,8 @@ class WebDatasetReader(StreamReader):
             def submit() -> None:
                 shard = next(todo, None)
                 if shard is not None:
-                    pending.append(pool.submit(_scan_in_child, self.modality, shard, shard[len(base) :], exts, label))
+                    pending.append(pool.submit(_scan_in_child, self.modality, shard, shard[len(base) :], exts, label,
+                                               copies))  # fmt: skip
 
             for _ in range(2 * procs):
                 submit()
@@ -171,11 +188,16 @@ class WebDatasetReader(StreamReader):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _scan_shard(self, shard: str, rel: str, exts: tuple[str, ...], label: str | None) -> Listing:
-        """The samples of one shard: entries, skips, and whether any sample had a label member."""
+    def _scan_shard(
+        self, shard: str, rel: str, exts: tuple[str, ...], label: str | None, copies: str | None = None
+    ) -> Listing:
+        """The samples of one shard: entries, skips, and whether any sample had a label member. With ``copies``, the
+        shard is listed from a local copy made there (when the disk has room), and each entry's source names the
+        copy beside the shard (``(shard, offset, size, copy or None)``); ids and stamps are the shard's own."""
         info = file_info(shard)  # missing or unreachable: an error naming the shard
         stamp = file_stamp(info)
-        fs, inner = filesystem(shard)
+        copy = local_copy(shard, info, copies) if copies else None
+        fs, inner = filesystem(copy or shard)
         entries: list[Entry] = []
         skipped: list[Skipped] = []
         labelled = False
@@ -194,7 +216,7 @@ class WebDatasetReader(StreamReader):
                         skipped.append(Skipped(rid, why))
                         continue
                     labelled = labelled or raw_label is not None
-                    entries.append((rid, (shard, m.offset_data, m.size), raw_label, m.size,
+                    entries.append((rid, (shard, m.offset_data, m.size, copy), raw_label, m.size,
                                     f"{stamp}:{m.offset_data}:{m.size}:{raw_label}"))  # fmt: skip
                 if info.get("size") and tf.offset + 2 * tarfile.BLOCKSIZE > int(info["size"]):
                     raise tarfile.ReadError("no end-of-archive marker")
@@ -211,7 +233,13 @@ class WebDatasetReader(StreamReader):
         return entries, skipped, labelled
 
     def read(self, record: Record) -> bytes:
-        shard, offset, size = record.source
+        shard, offset, size, *rest = record.source
+        copy = rest[0] if rest else None
+        if copy:
+            try:
+                return self._files.read(copy, int(offset), int(size))
+            except OSError:
+                pass  # the copy is gone (a temporary folder cleaned up under the run): read the shard itself
         try:
             return self._files.read(shard, int(offset), int(size))
         except FileNotFoundError as exc:
@@ -220,9 +248,11 @@ class WebDatasetReader(StreamReader):
             raise BadItemError(record.id, f"I/O error reading {shard} ({exc})") from exc
 
 
-def _scan_in_child(modality: str, shard: str, rel: str, exts: tuple[str, ...], label: str | None) -> Listing:
-    """One shard's listing, in a listing process."""
-    return WebDatasetReader(modality)._scan_shard(shard, rel, exts, label)
+def _scan_in_child(
+    modality: str, shard: str, rel: str, exts: tuple[str, ...], label: str | None, copies: str | None
+) -> Listing:
+    """One shard's listing, in a listing process (a copy goes into the parent's folder)."""
+    return WebDatasetReader(modality)._scan_shard(shard, rel, exts, label, copies)
 
 
 def _samples(tf: tarfile.TarFile, skipped: list[Skipped], rel: str, size: int) -> Iterator[tuple[str, dict[str, Any]]]:
