@@ -178,13 +178,16 @@ def test_copies_are_removed_at_exit_and_after_a_kill(shards, tmp_path):
     orphan = parent / f"tlkit-remote-{int(dead.stdout)}-abc"  # a killed process's folder: its process is gone
     orphan.mkdir(parents=True)
     (orphan / "x.tar").write_bytes(b"left behind")
+    job = parent / "tlkit-remote-job-0123456789abcdef"  # a killed torchrun job's shared folder: its ranks are gone
+    (job / ".pids").mkdir(parents=True)
+    (job / ".pids" / dead.stdout.strip()).touch()
     env = {**CHILD_ENV, REMOTE_COPIES_ENV: str(parent)}
     with http_server(shards) as url:
         out = str(tmp_path / "c.h5")
         cmd = [sys.executable, "-m", "tlkit", "extract", "fake/image", url + PATTERN, "-o", out, *CLI]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert not orphan.exists() and list(parent.iterdir()) == []  # the orphan swept, the run's own copies removed
+    assert list(parent.iterdir()) == []  # the orphans swept, the run's own copies removed
 
 
 def test_copies_can_be_off(monkeypatch):
@@ -237,12 +240,18 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.slow
 @pytest.mark.dist
 def test_torchrun_two_ranks_over_http_equal_single(shards, single, tmp_path):
+    """Two ranks on one node share the copies of the remote shards: every byte crosses the network once, and the
+    last rank to end removes the copies."""
     out = tmp_path / "dist.h5"
-    env = {**CHILD_ENV, "HF_HUB_OFFLINE": "1", "TLKIT_DIST_TIMEOUT": "120"}
-    with http_server(shards) as url:
+    copies = tmp_path / "copies"
+    env = {**CHILD_ENV, "HF_HUB_OFFLINE": "1", "TLKIT_DIST_TIMEOUT": "120", REMOTE_COPIES_ENV: str(copies)}
+    served = [0]
+    with http_server(shards, served) as url:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tlkit",
                "extract", "fake/image", url + PATTERN, "-o", str(out), *CLI, "--json"]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"path"') == 1 and '"items": 29' in proc.stdout
     assert_same_cache(out, single)
+    assert served[0] == sum((shards / f"{i:05d}.tar").stat().st_size for i in range(3))
+    assert list(copies.iterdir()) == []

@@ -14,6 +14,7 @@ shard crosses the network once instead of twice.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import itertools
 import os
@@ -21,8 +22,9 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +45,9 @@ COPY_RESERVE_BYTES = 1 << 30
 #: Bytes read and written at a time while copying.
 COPY_CHUNK = 4 << 20
 _COPIES_PREFIX = "tlkit-remote-"
+#: A shared folder without users is removed once it is this old (younger, a rank may be about to join it).
+ORPHAN_AGE_S = 60.0
+_PIDS = ".pids"  # in a folder shared by the ranks of a job: one empty file per process using it
 _copies: dict[str, Any] = {}  # this process's copies folder and the disk space free when it was made
 _copies_lock = threading.Lock()
 
@@ -192,9 +197,10 @@ def is_local(location: str) -> bool:
 
 
 def copies_folder() -> str | None:
-    """This process's folder for local copies of remote shards (made on first use, removed when the process ends),
-    or ``None`` when :data:`REMOTE_COPIES_ENV` is ``off``. Making it also removes the copies folders that killed
-    processes left behind (their process is gone)."""
+    """The folder for local copies of remote shards, made on first use, or ``None`` when :data:`REMOTE_COPIES_ENV`
+    is ``off``. A process of its own gets its own folder, removed when it ends; the ranks of one ``torchrun`` job on a
+    node share one (each shard is then downloaded once per node, not once per rank), removed by the last of them to
+    end. Making it also removes the folders that killed processes left behind (none of their processes is alive)."""
     setting = os.environ.get(REMOTE_COPIES_ENV, "").strip()
     if setting.lower() in ("off", "0", "no", "false"):
         return None
@@ -204,11 +210,39 @@ def copies_folder() -> str | None:
         if made is not None and made["pid"] == os.getpid() and os.path.isdir(made["folder"]):
             return str(made["folder"])
         os.makedirs(parent, exist_ok=True)
-        _remove_orphans(parent)
-        folder = tempfile.mkdtemp(prefix=f"{_COPIES_PREFIX}{os.getpid()}-", dir=parent)
+        job = _job_key()
+        _remove_orphans(parent, keep=f"{_COPIES_PREFIX}job-{job}" if job else None)
+        if job:
+            folder = os.path.join(parent, f"{_COPIES_PREFIX}job-{job}")
+            _join(folder)
+        else:
+            folder = tempfile.mkdtemp(prefix=f"{_COPIES_PREFIX}{os.getpid()}-", dir=parent)
         _copies[parent] = {"folder": folder, "pid": os.getpid(), "free": shutil.disk_usage(folder).free}
         atexit.register(_remove_copies, folder, os.getpid())
         return folder
+
+
+def _join(folder: str) -> None:
+    """Mark this process as a user of the shared ``folder`` (made if missing)."""
+    for attempt in range(3):
+        os.makedirs(os.path.join(folder, _PIDS), exist_ok=True)
+        try:
+            open(os.path.join(folder, _PIDS, str(os.getpid())), "w").close()  # noqa: SIM115 - an empty marker
+            return
+        except FileNotFoundError:  # swept by another job's process between the two steps: make it again
+            if attempt == 2:
+                raise
+
+
+def _job_key() -> str | None:
+    """What the ranks of one multi-process job share (torchrun's run id and rendezvous), or ``None`` outside one."""
+    from tlkit.runtime.distributed import dist_env
+
+    env = dist_env()
+    if env is None:
+        return None
+    parts = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")]
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def local_copy(location: str, info: dict[str, Any], folder: str) -> str | None:
@@ -228,6 +262,13 @@ def local_copy(location: str, info: dict[str, Any], folder: str) -> str | None:
             return None
     except OSError:
         return None
+    with _locked(path + ".lock"):  # another rank (or listing process) copying it: wait, then use its copy
+        if os.path.exists(path):
+            return path
+        return _copy(location, path)
+
+
+def _copy(location: str, path: str) -> str | None:
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.part"
     fs, inner = filesystem(location)
     try:
@@ -253,6 +294,23 @@ def local_copy(location: str, info: dict[str, Any], folder: str) -> str | None:
     return path
 
 
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing), between processes and threads; none where the
+    platform has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -261,22 +319,48 @@ def _unlink(path: str) -> None:
 
 
 def _remove_copies(folder: str, pid: int) -> None:
-    """Remove this process's copies at exit (not in a forked child, which shares the folder name)."""
-    if os.getpid() == pid:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remove_orphans(parent: str) -> None:
-    """Remove copies folders whose process is gone (killed before it could remove them)."""
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(_COPIES_PREFIX)]
-    except OSError:
+    """At exit (not in a forked child, which shares the folder name): remove the process's copies; in a shared
+    folder, only the last process to leave removes it."""
+    if os.getpid() != pid:
         return
-    for name in names:
-        pid_text = name[len(_COPIES_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+    pids = os.path.join(folder, _PIDS)
+    if os.path.isdir(pids):
+        _unlink(os.path.join(pids, str(pid)))
+        if any(n.isdigit() and _alive(int(n)) for n in _listdir(pids)):
+            return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphans(parent: str, keep: str | None = None) -> None:
+    """Remove copies folders none of whose processes is alive (killed before they could remove them), but not
+    ``keep`` (this job's)."""
+    for name in _listdir(parent):
+        if not name.startswith(_COPIES_PREFIX) or name == keep:
             continue
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        path = os.path.join(parent, name)
+        if name.startswith(f"{_COPIES_PREFIX}job-"):
+            owners = [int(n) for n in _listdir(os.path.join(path, _PIDS)) if n.isdigit()]
+        else:
+            pid_text = name[len(_COPIES_PREFIX) :].split("-", 1)[0]
+            owners = [int(pid_text)] if pid_text.isdigit() else []
+        if owners and not any(p == os.getpid() or _alive(p) for p in owners):
+            shutil.rmtree(path, ignore_errors=True)
+        elif not owners and name.startswith(f"{_COPIES_PREFIX}job-") and _age_s(path) > ORPHAN_AGE_S:
+            shutil.rmtree(path, ignore_errors=True)  # every rank left without removing it (they ended together)
+
+
+def _age_s(path: str) -> float:
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _alive(pid: int) -> bool:
