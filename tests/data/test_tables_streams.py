@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _extract_helpers import assert_same_cache
-from _stream_helpers import CLASSES, png_bytes, write_folder
+from _stream_helpers import CLASSES, http_server, png_bytes, write_folder
 
 import tlkit
 from tlkit.cache import FeatureCache, merge_caches
+from tlkit.data.remote import REMOTE_COPIES_ENV
 from tlkit.errors import BadInputError
 from tlkit.host.readers import open_dataset
 
@@ -69,6 +70,28 @@ def test_parquet_image_bytes_by_row_group(table, reference, tmp_path):
     got = _by_key(out, lambda i: int(i.split(":")[1]) + (12 if i.startswith("part-1") else 0))
     assert got.keys() == set(range(N)) - {7, 9}
     assert all(np.allclose(got[k], reference[k], atol=1e-6) for k in got)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_parquet_over_http_is_read_once(tmp_path, monkeypatch, workers):
+    """Listing a remote table reads its footer and label column; extracting it copies the file once, whatever the
+    number of workers (each reads the row groups of its own batches, from the copy), and equals the local run."""
+    monkeypatch.setenv(REMOTE_COPIES_ENV, str(tmp_path / "copies"))
+    (tmp_path / "t").mkdir()
+    path = tmp_path / "t" / "big.parquet"  # 64x64 noise images: the footer is a small part of the file
+    rows = {"image": [png_bytes(k, 64) for k in range(40)], "label": [CLASSES[k % 2] for k in range(40)]}
+    pq.write_table(pa.table(rows), path, row_group_size=8)
+    local = tmp_path / "local.h5"
+    tlkit.extract("fake/image", path, local, **API)
+    served = [0]
+    with http_server(path.parent, served) as url:
+        open_dataset(url + path.name, "image")
+        listing = served[0]
+        served[0] = 0
+        out = tmp_path / "http.h5"
+        tlkit.extract("fake/image", url + path.name, out, **{**API, "workers": workers})
+    assert listing < path.stat().st_size / 5 and served[0] == listing + path.stat().st_size
+    assert_same_cache(out, local)
 
 
 @pytest.mark.parametrize("column", ["path", "hf"])

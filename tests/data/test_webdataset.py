@@ -158,6 +158,15 @@ def test_remote_shards_cross_the_network_once(shards, single, tmp_path, monkeypa
         assert_same_cache(twice, single)
 
 
+def test_one_remote_shard_by_its_url_is_read_once(shards, tmp_path, monkeypatch):
+    """A single shard's URL is a file by its name: no folder listing, which over HTTP would GET the whole file."""
+    monkeypatch.setenv(REMOTE_COPIES_ENV, str(tmp_path / "copies"))
+    served = [0]
+    with http_server(shards, served) as url:
+        ds = open_dataset(url + "00001.tar", "image")
+    assert len(ds) == 10 and served[0] == (shards / "00001.tar").stat().st_size
+
+
 def test_a_copy_gone_mid_run_is_read_over_the_network(shards, tmp_path, monkeypatch):
     from tlkit.host.readers import get_reader
 

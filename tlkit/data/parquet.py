@@ -11,7 +11,10 @@ in that file). Options (reader options, ``-O KEY=VALUE`` on the CLI):
 
 Listing reads the footer and the label column (and, for text, the text column for lengths and stamps), never the
 image or audio bytes. :meth:`ParquetReader.load` reads the item's **row group** once per thread and keeps it while
-the following rows of that group are read, so extraction reads the data by row group. A null or undecodable cell
+the following rows of that group are read, so extraction reads the data by row group. A remote file is read from a
+local copy (:func:`tlkit.data.remote.local_copy`), made by the first worker or thread that needs it while the others
+wait: every DataLoader worker reads row groups of its own batches, and over the network each would fetch the groups
+(and the read-ahead around them) again. A null or undecodable cell
 is a named skip; a missing or unreachable file is an error naming it.
 """
 
@@ -26,11 +29,15 @@ from tlkit.data.remote import (
     OpenFiles,
     PerThread,
     common_base,
+    copies_folder,
+    copy_ticket,
     file_info,
     file_stamp,
     filesystem,
+    is_local,
     is_url,
     list_files,
+    local_copy,
     unreachable,
 )
 from tlkit.data.streams import Entry, StreamReader, label_text, option, text_row
@@ -74,21 +81,30 @@ class ParquetReader(StreamReader):
         base = common_base(files) if len(files) > 1 else files[0][: files[0].rfind("/") + 1]
         column = self.column(options)
         label_given = option(options, "label_column")
+        copies = None if is_local(files[0]) else copies_folder()
         skipped: list[Skipped] = []
 
         def entries() -> Iterator[Entry]:  # file by file, row group by row group
             for path in files:
-                yield from self._file_entries(pq, path, path[len(base) :], column, label_given, skipped)
+                yield from self._file_entries(pq, path, path[len(base) :], column, label_given, skipped, copies)
 
         return self.dataset(location, entries(), skipped, options)
 
     def _file_entries(
-        self, pq: Any, path: str, rel: str, column: str, label_given: str | None, skipped: list[Skipped]
+        self,
+        pq: Any,
+        path: str,
+        rel: str,
+        column: str,
+        label_given: str | None,
+        skipped: list[Skipped],
+        copies: str | None = None,
     ) -> Iterator[Entry]:
-        stamp = file_stamp(file_info(path))
+        info = file_info(path)
+        stamp, ticket = file_stamp(info), copy_ticket(copies, info)
         fs, inner = filesystem(path)
-        try:
-            with fs.open(inner, "rb") as fh:
+        try:  # remote: exact range reads (the footer, the label column), not read-ahead blocks of the image bytes
+            with fs.open(inner, "rb", **({"cache_type": "none"} if ticket else {})) as fh:
                 pf = pq.ParquetFile(fh)
                 names = list(pf.schema_arrow.names)
                 if column not in names:
@@ -98,7 +114,7 @@ class ParquetReader(StreamReader):
                 if label is not None and label not in names:
                     raise BadInputError(f"{path}: no column {label!r}; columns are {', '.join(names)} (set "
                                         f"{{param}})", param="label_column")  # fmt: skip
-                yield from self._scan_file(pf, path, rel, column, label, stamp, skipped)
+                yield from self._scan_file(pf, path, rel, column, label, stamp, skipped, ticket)
         except BadInputError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged footer or a transport error names the file
@@ -108,8 +124,17 @@ class ParquetReader(StreamReader):
                                 f"it") from exc  # fmt: skip
 
     def _scan_file(
-        self, pf: Any, path: str, rel: str, column: str, label: str | None, stamp: str, skipped: list[Skipped]
+        self,
+        pf: Any,
+        path: str,
+        rel: str,
+        column: str,
+        label: str | None,
+        stamp: str,
+        skipped: list[Skipped],
+        ticket: str | None = None,
     ) -> Iterator[Entry]:
+        """The file's entries; each source is ``(file, row group, row, column, copy ticket or None)``."""
         row = 0
         text = self.modality == "text"
         wanted = [c for c in (label, column if text else None) if c]
@@ -127,12 +152,12 @@ class ParquetReader(StreamReader):
                     if text_stamp is None:
                         continue
                     length, item_stamp = text_stamp
-                yield rid, (path, g, r, column), raw, length, item_stamp
+                yield rid, (path, g, r, column, ticket), raw, length, item_stamp
             row += n
 
     def read(self, record: Record) -> Any:
-        path, group, row, column = record.source
-        cells = self._group(path, int(group), column, record.id)
+        path, group, row, column, *rest = record.source
+        cells = self._group(path, int(group), column, record.id, rest[0] if rest else None)
         cell = cells[int(row)]
         if self.modality == "text" or cell is None:
             return cell
@@ -146,7 +171,7 @@ class ParquetReader(StreamReader):
             return bytes(cell)
         return self._read_path(path, str(cell), record.id)
 
-    def _group(self, path: str, group: int, column: str, item_id: str) -> list[Any]:
+    def _group(self, path: str, group: int, column: str, item_id: str, ticket: str | None = None) -> list[Any]:
         groups = self._groups.get()  # this thread's: threads never evict each other's groups
         key = (path, group, column)
         cached = groups.get(key)
@@ -155,7 +180,8 @@ class ParquetReader(StreamReader):
             return cached
         pq = self.library()
         try:
-            table = pq.ParquetFile(self._files.get(path)).read_row_group(group, columns=[column])
+            source = (local_copy(path, ticket) if ticket else None) or path
+            table = pq.ParquetFile(self._files.get(source)).read_row_group(group, columns=[column])
         except FileNotFoundError as exc:
             raise BadItemError(item_id, f"{path} is gone (file not found)") from exc
         except Exception as exc:  # noqa: BLE001 - a damaged row group is a skip for its rows

@@ -138,6 +138,11 @@ def list_files(location: str | os.PathLike[str], suffixes: tuple[str, ...]) -> l
     fs, inner = filesystem(text)
     protocol = _protocol(text)
     try:
+        if _suffix_ok(inner, suffixes) and not any(c in inner for c in "*?["):
+            # A file by its name, unless it is a folder (Spark writes data.parquet/): asked with info (HEAD over
+            # HTTP), since isdir and exists GET the whole file there.
+            if fs.info(inner).get("type") != "directory":
+                return [text]
         if any(c in inner for c in "*?["):
             found = sorted(fs.glob(inner))
             if not found:
@@ -245,16 +250,26 @@ def _job_key() -> str | None:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def local_copy(location: str, info: dict[str, Any], folder: str) -> str | None:
-    """The path of a local copy of the remote file ``location`` (fsspec ``info`` as listed) in ``folder``, made
-    now or earlier in this process for the same stamp; ``None`` when the disk has no room for it (the file is then
-    read over the network). An error reading ``location`` names it (:func:`unreachable`); a copy is written under a
-    temporary name and renamed when complete, so a half-made copy is never used."""
-    key = hashlib.sha1(f"{location}\0{file_stamp(info)}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+def copy_ticket(folder: str | None, info: dict[str, Any]) -> str | None:
+    """What :func:`local_copy` needs to make or find the copy of a remote file whose fsspec ``info`` was listed, as
+    one string (a listing stores it once per file, and it travels to DataLoader workers inside the records):
+    ``None`` without a copies folder."""
+    if folder is None:
+        return None
+    return f"{folder}\0{file_stamp(info)}\0{int(info.get('size') or 0)}"
+
+
+def local_copy(location: str, ticket: str) -> str | None:
+    """The path of a local copy of the remote file ``location`` (as listed: :func:`copy_ticket`), made now or
+    earlier by this process or another rank of its job on this node; ``None`` when the disk has no room for it (the
+    file is then read over the network). An error reading ``location`` names it (:func:`unreachable`); a copy is
+    written under a temporary name and renamed when complete, so a half-made copy is never used."""
+    folder, stamp, size_text = ticket.split("\0")
+    key = hashlib.sha1(f"{location}\0{stamp}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
     path = os.path.join(folder, key + os.path.splitext(location)[1])
     if os.path.exists(path):
         return path
-    size = int(info.get("size") or 0)
+    size = int(size_text)
     made = next((m for m in _copies.values() if m["folder"] == folder), None)
     floor = max(COPY_RESERVE_BYTES, int(made["free"]) // 2 if made else 0)
     try:
@@ -477,6 +492,7 @@ __all__ = [
     "as_location",
     "common_base",
     "copies_folder",
+    "copy_ticket",
     "expand_braces",
     "file_info",
     "file_stamp",

@@ -45,6 +45,7 @@ from tlkit.data.remote import (
     OpenFiles,
     common_base,
     copies_folder,
+    copy_ticket,
     file_info,
     file_stamp,
     filesystem,
@@ -196,7 +197,8 @@ class WebDatasetReader(StreamReader):
         copy beside the shard (``(shard, offset, size, copy or None)``); ids and stamps are the shard's own."""
         info = file_info(shard)  # missing or unreachable: an error naming the shard
         stamp = file_stamp(info)
-        copy = local_copy(shard, info, copies) if copies else None
+        ticket = copy_ticket(copies, info)
+        copy = local_copy(shard, ticket) if ticket else None
         fs, inner = filesystem(copy or shard)
         entries: list[Entry] = []
         skipped: list[Skipped] = []
