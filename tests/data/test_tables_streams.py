@@ -120,7 +120,7 @@ def test_parquet_shards_by_items_merge_to_the_single_run(table, tmp_path):
     assert_same_cache(merge_caches(parts, tmp_path / "m.h5"), single)
 
 
-def test_parquet_text(tmp_path):
+def test_parquet_text(tmp_path, monkeypatch):
     texts = [f"{CLASSES[k % 2]} " * (1 + k % 7) + str(k) for k in range(20)]
     pq.write_table(pa.table({"body": texts, "y": [k % 2 for k in range(20)]}), tmp_path / "t.parquet",
                    row_group_size=6)  # fmt: skip
@@ -134,6 +134,14 @@ def test_parquet_text(tmp_path):
     tlkit.extract("fake/text", tmp_path / "t.csv", ref, **API)
     with FeatureCache(out) as a, FeatureCache(ref) as b:
         assert np.allclose(a.features[()], b.features[()], atol=1e-5) and list(a.labels) == list(b.labels)
+    monkeypatch.setenv(REMOTE_COPIES_ENV, str(tmp_path / "copies"))
+    served = [0]
+    with http_server(tmp_path, served) as url:  # remote: listed from a copy (the text is the file), read from it too
+        remote = tmp_path / "remote.h5"
+        columns = {"text_column": "body", "label_column": "y"}
+        tlkit.extract("fake/text", url + "t.parquet", remote, reader_options=columns, **{**API, "workers": 2})
+    assert served[0] == (tmp_path / "t.parquet").stat().st_size
+    assert_same_cache(remote, out)
 
 
 def test_hf_datasets_folder(tmp_path, reference):

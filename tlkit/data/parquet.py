@@ -102,9 +102,12 @@ class ParquetReader(StreamReader):
     ) -> Iterator[Entry]:
         info = file_info(path)
         stamp, ticket = file_stamp(info), copy_ticket(copies, info)
-        fs, inner = filesystem(path)
+        # Text is listed from its text column, the bulk of the file: copied now, so the items are read from the copy.
+        copy = local_copy(path, ticket) if ticket and self.modality == "text" else None
+        fs, inner = filesystem(copy or path)
+        remote = ticket is not None and copy is None
         try:  # remote: exact range reads (the footer, the label column), not read-ahead blocks of the image bytes
-            with fs.open(inner, "rb", **({"cache_type": "none"} if ticket else {})) as fh:
+            with fs.open(inner, "rb", **({"cache_type": "none"} if remote else {})) as fh:
                 pf = pq.ParquetFile(fh)
                 names = list(pf.schema_arrow.names)
                 if column not in names:
