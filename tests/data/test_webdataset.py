@@ -199,6 +199,23 @@ def test_copies_are_removed_at_exit_and_after_a_kill(shards, tmp_path):
     assert list(parent.iterdir()) == []  # the orphans swept, the run's own copies removed
 
 
+def test_copies_stay_out_of_memory(monkeypatch):
+    """A temporary folder in RAM (tmpfs, like /tmp on many desktops) would hold the copies in memory: /var/tmp then,
+    unless TMPDIR names the folder explicitly."""
+    import os
+    import tempfile
+
+    from tlkit.data.remote import _in_memory, default_copies_parent
+
+    if not _in_memory("/dev/shm") or _in_memory("/var/tmp") or not os.access("/var/tmp", os.W_OK):
+        pytest.skip("needs a tmpfs /dev/shm and a disk-backed, writable /var/tmp")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")
+    assert default_copies_parent() == "/var/tmp"
+    monkeypatch.setenv("TMPDIR", "/dev/shm")
+    assert default_copies_parent() == "/dev/shm"
+
+
 def test_copies_can_be_off(monkeypatch):
     monkeypatch.setenv(REMOTE_COPIES_ENV, "off")
     assert copies_folder() is None

@@ -209,7 +209,7 @@ def copies_folder() -> str | None:
     setting = os.environ.get(REMOTE_COPIES_ENV, "").strip()
     if setting.lower() in ("off", "0", "no", "false"):
         return None
-    parent = os.path.expanduser(setting) if setting else tempfile.gettempdir()
+    parent = os.path.expanduser(setting) if setting else default_copies_parent()
     with _copies_lock:
         made = _copies.get(parent)
         if made is not None and made["pid"] == os.getpid() and os.path.isdir(made["folder"]):
@@ -225,6 +225,29 @@ def copies_folder() -> str | None:
         _copies[parent] = {"folder": folder, "pid": os.getpid(), "free": shutil.disk_usage(folder).free}
         atexit.register(_remove_copies, folder, os.getpid())
         return folder
+
+
+def default_copies_parent() -> str:
+    """Where copies go by default: the temporary folder (``TMPDIR``, which batch schedulers point at local scratch),
+    unless it lives in memory (a ``tmpfs``, as ``/tmp`` is on many desktops, where copies would take RAM) and
+    ``TMPDIR`` is not set: then ``/var/tmp``, the folder for larger temporary files, when it is on a disk."""
+    temp = tempfile.gettempdir()
+    if os.environ.get("TMPDIR") or not _in_memory(temp) or _in_memory("/var/tmp"):
+        return temp
+    return "/var/tmp" if os.access("/var/tmp", os.W_OK) else temp
+
+
+def _in_memory(path: str) -> bool:
+    """Whether ``path`` is on a RAM file system (``tmpfs``, ``ramfs``), from ``/proc/mounts`` (Linux; else no)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as fh:
+            mounts = [line.split()[1:3] for line in fh if len(line.split()) > 2]
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    best = max((m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)  # fmt: skip
+    return best is not None and best[1] in ("tmpfs", "ramfs")
 
 
 def _join(folder: str) -> None:
