@@ -5,10 +5,11 @@ A shard is named by the string the user gave (expanded); ids use its path relati
 so a cache made from a local copy and one made from the URL hold the same ids. A shard that is missing or cannot be
 reached is a one-line :class:`tlkit.errors.BadInputError` naming it; nothing is read from it.
 
-Listing a remote WebDataset shard reads all of it (tar headers sit between the members, so reaching the next header
-means reading past the member). :func:`local_copy` keeps those bytes: the shard is downloaded once into this
-process's copies folder (:func:`copies_folder`), listed there, and its items are read from the copy, so a remote
-shard crosses the network once instead of twice.
+Remote files that are read whole are read from a local copy (:func:`local_copy`, in the folder of
+:func:`copies_folder`), so that their bytes cross the network once: listing a WebDataset shard reads all of it (tar
+headers sit between the members), so the shard is copied, listed there, and its items are read from the copy; a
+Parquet table is copied by the first DataLoader worker that needs it, since every worker reads the row groups of its
+own batches.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 #: Open files kept per thread (a DataLoader worker reads many items of one shard in a row).
 MAX_OPEN = 8
-#: Where local copies of remote shards go: a folder, or ``off`` to read remote shards over the network twice (once
-#: to list them, once to read their items). Unset: the system's temporary folder.
+#: Where local copies of remote shards and tables go: a folder, or ``off`` to read them over the network (a shard
+#: twice: once to list it, once to read its items). Unset: :func:`default_copies_parent`.
 REMOTE_COPIES_ENV = "TLKIT_REMOTE_COPIES"
 #: A copy is made only while the copies leave at least this much of the disk free, and at least half of what was free
 #: when the process made its first copy (so copies never crowd out the cache being written); other shards are read
@@ -300,10 +301,13 @@ def local_copy(location: str, ticket: str) -> str | None:
             return None
     except OSError:
         return None
-    with _locked(path + ".lock"):  # another rank (or listing process) copying it: wait, then use its copy
-        if os.path.exists(path):
-            return path
-        return _copy(location, path)
+    try:
+        with _locked(path + ".lock"):  # another rank, worker or listing process copying it: wait, use its copy
+            if os.path.exists(path):
+                return path
+            return _copy(location, path)
+    except OSError:  # the lock file cannot be made (a full disk): read over the network
+        return None
 
 
 def _copy(location: str, path: str) -> str | None:
