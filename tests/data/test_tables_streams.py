@@ -90,7 +90,9 @@ def test_parquet_over_http_is_read_once(tmp_path, monkeypatch, workers):
         served[0] = 0
         out = tmp_path / "http.h5"
         tlkit.extract("fake/image", url + path.name, out, **{**API, "workers": workers})
-    assert listing < path.stat().st_size / 5 and served[0] == listing + path.stat().st_size
+    size = path.stat().st_size
+    # The listing's small range reads, then the file once (two workers without the copy fetched it twice and more).
+    assert listing < size / 5 and size <= served[0] - listing <= size + listing, (served[0], listing, size)
     assert_same_cache(out, local)
 
 
