@@ -264,11 +264,11 @@ def _join(folder: str) -> None:
 
 
 def _job_key() -> str | None:
-    """What the ranks of one multi-process job share (torchrun's run id and rendezvous), or ``None`` outside one."""
-    from tlkit.runtime.distributed import dist_env
-
-    env = dist_env()
-    if env is None:
+    """What the processes of one multi-process launch share (torchrun's run id and rendezvous, from the launcher's
+    environment), or ``None`` outside one. Read here rather than through :mod:`tlkit.runtime`, which comes after
+    the data stage; sharing copies is safe whether or not the processes form a process group."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if not world.isdigit() or int(world) <= 1 or not os.environ.get("MASTER_PORT"):
         return None
     parts = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")]
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
