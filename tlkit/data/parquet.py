@@ -34,7 +34,6 @@ from tlkit.data.remote import (
     file_info,
     file_stamp,
     filesystem,
-    is_local,
     is_url,
     list_files,
     local_copy,
@@ -81,7 +80,7 @@ class ParquetReader(StreamReader):
         base = common_base(files) if len(files) > 1 else files[0][: files[0].rfind("/") + 1]
         column = self.column(options)
         label_given = option(options, "label_column")
-        copies = None if is_local(files[0]) else copies_folder()
+        copies = copies_folder(files[0])
         skipped: list[Skipped] = []
 
         def entries() -> Iterator[Entry]:  # file by file, row group by row group
@@ -103,7 +102,7 @@ class ParquetReader(StreamReader):
         info = file_info(path)
         stamp, ticket = file_stamp(info), copy_ticket(copies, info)
         # Text is listed from its text column, the bulk of the file: copied now, so the items are read from the copy.
-        copy = local_copy(path, ticket) if ticket and self.modality == "text" else None
+        copy = local_copy(path, ticket) if self.modality == "text" else None
         fs, inner = filesystem(copy or path)
         remote = ticket is not None and copy is None
         try:  # remote: exact range reads (the footer, the label column), not read-ahead blocks of the image bytes
@@ -183,7 +182,7 @@ class ParquetReader(StreamReader):
             return cached
         pq = self.library()
         try:
-            source = (local_copy(path, ticket) if ticket else None) or path
+            source = local_copy(path, ticket) or path
             table = pq.ParquetFile(self._files.get(source)).read_row_group(group, columns=[column])
         except FileNotFoundError as exc:
             raise BadItemError(item_id, f"{path} is gone (file not found)") from exc

@@ -202,13 +202,14 @@ def is_local(location: str) -> bool:
     return bool({"file", "local"} & set(protocols))
 
 
-def copies_folder() -> str | None:
+def copies_folder(location: str | None = None) -> str | None:
     """The folder for local copies of remote shards, made on first use, or ``None`` when :data:`REMOTE_COPIES_ENV`
-    is ``off``. A process of its own gets its own folder, removed when it ends; the ranks of one ``torchrun`` job on a
-    node share one (each shard is then downloaded once per node, not once per rank), removed by the last of them to
-    end. Making it also removes the folders that killed processes left behind (none of their processes is alive)."""
+    is ``off`` or ``location`` (the data being listed) is on the local file system. A process of its own gets its
+    own folder, removed when it ends; the ranks of one ``torchrun`` job on a node share one (each shard is then
+    downloaded once per node, not once per rank), removed by the last of them to end. Making it also removes the
+    folders that killed processes left behind (none of their processes is alive)."""
     setting = os.environ.get(REMOTE_COPIES_ENV, "").strip()
-    if setting.lower() in ("off", "0", "no", "false"):
+    if setting.lower() in ("off", "0", "no", "false") or (location is not None and is_local(location)):
         return None
     parent = os.path.expanduser(setting) if setting else default_copies_parent()
     with _copies_lock:
@@ -283,11 +284,14 @@ def copy_ticket(folder: str | None, info: dict[str, Any]) -> str | None:
     return f"{folder}\0{file_stamp(info)}\0{int(info.get('size') or 0)}"
 
 
-def local_copy(location: str, ticket: str) -> str | None:
+def local_copy(location: str, ticket: str | None) -> str | None:
     """The path of a local copy of the remote file ``location`` (as listed: :func:`copy_ticket`), made now or
-    earlier by this process or another rank of its job on this node; ``None`` when the disk has no room for it (the
-    file is then read over the network). An error reading ``location`` names it (:func:`unreachable`); a copy is
-    written under a temporary name and renamed when complete, so a half-made copy is never used."""
+    earlier by this process or another rank of its job on this node; ``None`` without a ticket (no copies) or when
+    the disk has no room for it (the file is then read over the network). An error reading ``location`` names it
+    (:func:`unreachable`); a copy is written under a temporary name and renamed when complete, so a half-made copy
+    is never used."""
+    if ticket is None:
+        return None
     folder, stamp, size_text = ticket.split("\0")
     key = hashlib.sha1(f"{location}\0{stamp}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
     path = os.path.join(folder, key + os.path.splitext(location)[1])

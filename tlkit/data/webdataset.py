@@ -49,7 +49,6 @@ from tlkit.data.remote import (
     file_info,
     file_stamp,
     filesystem,
-    is_local,
     list_files,
     local_copy,
     unreachable,
@@ -124,7 +123,7 @@ class WebDatasetReader(StreamReader):
         base = common_base(shards) if len(shards) > 1 else shards[0][: shards[0].rfind("/") + 1]
         exts = self.item_extensions(options)
         label = option(options, "label_column", "label_field")
-        copies = None if is_local(shards[0]) else copies_folder()
+        copies = copies_folder(shards[0])
         skipped: list[Skipped] = []
         labelled = [False]
 
@@ -197,8 +196,7 @@ class WebDatasetReader(StreamReader):
         copy beside the shard (``(shard, offset, size, copy or None)``); ids and stamps are the shard's own."""
         info = file_info(shard)  # missing or unreachable: an error naming the shard
         stamp = file_stamp(info)
-        ticket = copy_ticket(copies, info)
-        copy = local_copy(shard, ticket) if ticket else None
+        copy = local_copy(shard, copy_ticket(copies, info))
         fs, inner = filesystem(copy or shard)
         entries: list[Entry] = []
         skipped: list[Skipped] = []
