@@ -1,9 +1,10 @@
-"""Low-resolution images: ``tlkit advise`` finds them from a sample of the data and the model's input size and says
-so (its finetune command stays the measured default: the stronger recipe tried for them did not beat it, see
-docs/benchmarks.md), and the opt-in ``strong`` augmentation preset builds in every image plugin."""
+"""Low-resolution images: ``tlkit advise`` finds them from a sample of the data and the model's input size, says so,
+and recommends the measured faster rate (``--lr 0.003``, the backbone's ratio kept; docs/finetuning.md), and the
+opt-in ``strong`` augmentation preset builds in every image plugin."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 import tlkit
 from tlkit.data.samples import sample_images
-from tlkit.finetuning.advice import advise
+from tlkit.finetuning.advice import Advice, advise
 from tlkit.testing import make_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,18 +34,47 @@ def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("lowres") / "data", classes=2, per_class=100, size=(12, 12))
 
 
-def test_advise_finds_upscaled_images_and_keeps_the_default_recipe(tiny_images: Path, tmp_path: Path) -> None:
-    low = advise(tiny_images, "effnet/lite0", preprocess={"input_size": [3, 32, 32]}, probe_items=40, workers=0)
+@pytest.fixture(scope="module")
+def low(tiny_images: Path) -> Advice:
+    return advise(tiny_images, "effnet/lite0", preprocess={"input_size": [3, 32, 32]}, probe_items=40, workers=0)
+
+
+def test_advise_finds_upscaled_images_and_recommends_a_faster_rate(tiny_images: Path, low: Advice) -> None:
     assert (low.image_side, low.input_side, low.low_resolution) == (12, 32, True)
-    assert low.strategy == "lp-ft" and low.commands[-1].endswith("-o ft-run --input-size 32")
+    assert low.strategy == "lp-ft" and low.commands[-1].endswith("-o ft-run --input-size 32 --lr 0.003")
+    assert low.finetune_options == {"lr": 0.003} and low.to_dict()["finetune_options"] == {"lr": 0.003}
     assert any("12 px on their shorter side" in r and "upscaled 2.67×" in r for r in low.reasons)
+    assert any("--lr 0.003: the head at 3e-03 and the backbone at 3e-04 (the same 10× ratio)" in r for r in low.reasons)
 
     # the same images at a model input under twice their side are not low-resolution: the plain defaults
     near = advise(tiny_images, "effnet/lite0", preprocess={"input_size": [3, 20, 20]}, probe_items=40, workers=0)
-    assert near.low_resolution is False and near.commands[-1].endswith("--input-size 20")
+    assert near.low_resolution is False and near.commands[-1].endswith("-o ft-run --input-size 20")
+    assert near.finetune_options == {}
     # without a backbone nothing is measured, and nothing is claimed
     blind = advise(tiny_images)
-    assert blind.image_side is None and blind.low_resolution is False and "--augment" not in blind.commands[-1]
+    assert blind.image_side is None and blind.low_resolution is False and blind.commands[-1].endswith("-o ft-run")
+
+
+def test_the_low_resolution_command_runs_as_printed(low: Advice, tmp_path: Path) -> None:
+    """The printed command in a real subprocess (its output folder moved, its epochs cut to one): the run trains the
+    head at the recommended rate and the backbone at a tenth of it."""
+    import shlex
+    import subprocess
+    import sys
+
+    argv = shlex.split(low.commands[-1])
+    argv[argv.index("-o") + 1] = str(tmp_path / "run")
+    done = subprocess.run(
+        [sys.executable, "-m", "tlkit", *argv[1:], "--epochs", "1", "--workers", "0", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    args = config["args"]
+    assert (args["lr"], args["backbone_lr_ratio"], args["backbone_lr"]) == (0.003, None, None)
+    assert config["plan"][0]["unfreeze"] == "all" and config["status"] == "complete"
 
 
 def test_image_side_skips_items_that_do_not_decode(tmp_path: Path) -> None:
