@@ -87,6 +87,23 @@ def test_truncated_shard_keeps_what_came_before_as_a_named_skip(shards, tmp_path
     assert ds.skipped[-1].id == "00000.tar/" and "truncated or corrupt tar" in ds.skipped[-1].reason
 
 
+def test_a_damaged_member_header_in_the_middle_is_a_named_skip(shards, tmp_path):
+    """tarfile reads a bad header checksum after the first member as the end of the archive: the samples after it
+    were dropped without a word. They are now a named skip of the shard."""
+    import tarfile
+
+    data = bytearray((shards / "00002.tar").read_bytes())
+    with tarfile.open(shards / "00002.tar") as tf:
+        members = tf.getmembers()
+    header = members[len(members) // 2].offset
+    data[header + 148 : header + 156] = b"0000000\0"  # a checksum that does not add up
+    (tmp_path / "00000.tar").write_bytes(bytes(data))
+    ds = open_dataset(tmp_path / "00000.tar", "image")
+    assert 0 < len(ds) < 10
+    assert ds.skipped[-1].id == "00000.tar/"
+    assert f"damaged member header at byte {header}" in ds.skipped[-1].reason, ds.skipped[-1].reason
+
+
 def test_listing_in_processes_gives_the_same_records_and_skips(shards, tmp_path):
     """Shards listed by two processes (forced: no time threshold) give the entries and skips of the listing here, in
     shard order, a truncated shard in the middle included; ``open_dataset`` lets a reader use every core."""

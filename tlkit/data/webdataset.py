@@ -220,6 +220,7 @@ class WebDatasetReader(StreamReader):
                                     f"{stamp}:{m.offset_data}:{m.size}:{raw_label}"))  # fmt: skip
                 if info.get("size") and tf.offset + 2 * tarfile.BLOCKSIZE > int(info["size"]):
                     raise tarfile.ReadError("no end-of-archive marker")
+                _check_end(fh, tf.offset)
         except BadInputError:
             raise
         except (tarfile.ReadError, EOFError) as exc:  # damage after the first member: keep what came before
@@ -253,6 +254,15 @@ def _scan_in_child(
 ) -> Listing:
     """One shard's listing, in a listing process (a copy goes into the parent's folder)."""
     return WebDatasetReader(modality)._scan_shard(shard, rel, exts, label, copies)
+
+
+def _check_end(fh: Any, offset: int) -> None:
+    """:mod:`tarfile` ends its iteration quietly at a damaged member header after the first (a bad checksum reads
+    as the end of the archive), which would drop the rest of the shard without a word: where the iteration stopped
+    there must be the end-of-archive marker (zero blocks) or nothing."""
+    fh.seek(offset)
+    if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
+        raise tarfile.ReadError(f"damaged member header at byte {offset}")
 
 
 def _samples(tf: tarfile.TarFile, skipped: list[Skipped], rel: str, size: int) -> Iterator[tuple[str, dict[str, Any]]]:
