@@ -218,9 +218,7 @@ class WebDatasetReader(StreamReader):
                     labelled = labelled or raw_label is not None
                     entries.append((rid, (shard, m.offset_data, m.size, copy), raw_label, m.size,
                                     f"{stamp}:{m.offset_data}:{m.size}:{raw_label}"))  # fmt: skip
-                if info.get("size") and tf.offset + 2 * tarfile.BLOCKSIZE > int(info["size"]):
-                    raise tarfile.ReadError("no end-of-archive marker")
-                _check_end(fh, tf.offset)
+                _check_end(fh, tf.offset, int(info.get("size") or 0))
         except BadInputError:
             raise
         except (tarfile.ReadError, EOFError) as exc:  # damage after the first member: keep what came before
@@ -256,10 +254,13 @@ def _scan_in_child(
     return WebDatasetReader(modality)._scan_shard(shard, rel, exts, label, copies)
 
 
-def _check_end(fh: Any, offset: int) -> None:
-    """:mod:`tarfile` ends its iteration quietly at a damaged member header after the first (a bad checksum reads
-    as the end of the archive), which would drop the rest of the shard without a word: where the iteration stopped
-    there must be the end-of-archive marker (zero blocks) or nothing."""
+def _check_end(fh: Any, offset: int, size: int) -> None:
+    """Where :mod:`tarfile`'s iteration stopped (``offset``) must be the end-of-archive marker, two zero blocks: a
+    shard of known ``size`` without room for them was cut short, and :mod:`tarfile` also ends its iteration quietly
+    at a damaged member header after the first (a bad checksum reads as the end of the archive), which would drop
+    the rest of the shard without a word."""
+    if size and offset + 2 * tarfile.BLOCKSIZE > size:
+        raise tarfile.ReadError("no end-of-archive marker")
     fh.seek(offset)
     if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
         raise tarfile.ReadError(f"damaged member header at byte {offset}")
