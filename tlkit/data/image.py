@@ -113,7 +113,8 @@ def decode_image(
                     raise Image.DecompressionBombError(f"{im.width}x{im.height}")
                 _draft(im, side)
                 im.load()
-                rgb = to_rgb(ImageOps.exif_transpose(im))
+                ImageOps.exif_transpose(im, in_place=True)  # the default returns a copy, even when nothing turns
+                rgb = im if im.mode == "RGB" else to_rgb(im)  # an RGB image is not copied again: 2x on large JPEGs
                 return _to_pixels(rgb) if pixels else rgb
     except BadItemError:
         raise

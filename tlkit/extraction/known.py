@@ -196,6 +196,8 @@ class Known:
             raise CacheError(f"internal error: no row for {missing[0]}")
         keep = np.flatnonzero(src >= 0)
         if isinstance(selection, RecordTable):
+            if len(keep) == n:  # every item is a row (the usual case): the table's own columns, not copied
+                return FinalTable(selection.ids, src, row, selection.labels, selection.stamps)
             ids: Sequence[str] = selection.ids.take(keep)
             stamps: Sequence[str] = selection.stamps.take(keep)
         else:
