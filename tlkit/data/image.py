@@ -114,7 +114,7 @@ def decode_image(
                 _draft(im, side)
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # the default returns a copy, even when nothing turns
-                rgb = im if im.mode == "RGB" else to_rgb(im)  # an RGB image is not copied again: 2x on large JPEGs
+                rgb = im if im.mode == "RGB" else to_rgb(im)  # an RGB image is not copied again (decode_pillow.py)
                 return _to_pixels(rgb) if pixels else rgb
     except BadItemError:
         raise
