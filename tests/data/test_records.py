@@ -11,6 +11,7 @@ import pytest
 from _stream_helpers import write_shards
 
 from tlkit.cache.workdir import Segment
+from tlkit.data import columns
 from tlkit.data import records as rec
 from tlkit.data.base import Record
 from tlkit.data.records import PackedStrings, RecordTable
@@ -40,10 +41,30 @@ def test_a_table_is_the_same_sequence_as_the_list():
         table[50]
 
 
+def test_records_at_builds_a_batch_by_column_the_same_as_one_by_one(monkeypatch):
+    records = sample()
+    table = RecordTable.from_records(records)
+    at = [49, 0, 7, 7, 13]
+    assert table.records_at(at) == [records[p] for p in at] and table.records_at([]) == []
+    assert rec.records_at(records, at) == rec.records_at(table, at) == [records[p] for p in at]
+    assert rec.ids_stamps_at(table, np.array(at)) == ([records[p].id for p in at], [records[p].stamp for p in at])
+    assert rec.ids_stamps_at(records, at) == rec.ids_stamps_at(table, at)
+    for bad in ([50], [-1]):  # no wrapping: a planned position is never negative
+        with pytest.raises(IndexError):
+            table.records_at(bad)
+        with pytest.raises(IndexError):
+            rec.ids_stamps_at(table, bad)
+    mixed = [Record(str(i), f"/p/{i}.png" if i != 4 else ["a", i], i % 2) for i in range(8)]  # an object column
+    assert RecordTable.from_records(mixed).records_at([4, 1]) == [mixed[4], mixed[1]]
+    monkeypatch.setattr(columns, "MAX_DISTINCT", 3)
+    many = [Record(str(i), (f"/p/{i}.png", i, None), 1, i) for i in range(10)]  # packed and coded tuple fields
+    assert RecordTable.from_records(many).records_at([9, 3]) == [many[9], many[3]]
+
+
 def test_sources_that_do_not_pack_stay_python_objects(monkeypatch):
     mixed = [Record(str(i), f"/p/{i}.png" if i != 4 else ["a", i], 0) for i in range(8)]
     assert RecordTable.from_records(mixed) == mixed  # a list among strings: the column falls back to objects
-    monkeypatch.setattr(rec, "MAX_DISTINCT", 3)
+    monkeypatch.setattr(columns, "MAX_DISTINCT", 3)
     many = [Record(str(i), (f"/p/{i}.png", i, None), 1) for i in range(10)]
     assert RecordTable.from_records(many) == many  # past MAX_DISTINCT a string column is packed instead of coded
     strings = PackedStrings.of(["a", "", "ßé", os.fsdecode(b"\xff")])

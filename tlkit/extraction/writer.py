@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from tlkit.cache.workdir import SegmentData, WorkDir
 from tlkit.data.base import Record, Skipped
-from tlkit.data.records import item_id, item_stamp
+from tlkit.data.records import ids_stamps_at, item_id, item_stamp
 from tlkit.errors import BadInputError
 from tlkit.extraction.forward import NONFINITE_REASON, Runner, finite_rows
 from tlkit.extraction.loader import Batch, make_loader
@@ -123,8 +123,7 @@ class WindowWriter(threading.Thread):
         order = np.argsort(at, kind="stable")
         at = at[order]
         rec = self.records
-        ids = [item_id(rec, p) for p in at.tolist()]
-        stamps = [item_stamp(rec, p) for p in at.tolist()]
+        ids, stamps = ids_stamps_at(rec, at)
         if feats:
             features = np.concatenate(feats)[order]
             layers = {k: np.concatenate(v)[order] for k, v in lays.items()}

@@ -85,7 +85,9 @@ class FakeImageBackbone(Backbone):
         when an image needs resizing or augmenting)."""
         import torch
 
-        size = list(self.spec.preprocess["input_size"][1:])
+        size = self.__dict__.get("_input_hw")
+        if size is None:  # asked once: the spec is built anew on every access
+            size = self.__dict__["_input_hw"] = list(self.spec.preprocess["input_size"][1:])
         if not train:
             x = _pixels(item)
             if list(x.shape[1:]) == size:
