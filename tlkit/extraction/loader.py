@@ -44,8 +44,10 @@ from tlkit.contract.image import ImageBackbone
 from tlkit.contract.pixels import EncodedBatch, PixelBatch, Uint8Pipeline
 from tlkit.data.base import Reader, Record, load_or_skip
 from tlkit.data.image import EncodedImage, as_rgb_image, encoded_jpegs, pixel_decoding, reduced_decoding
+from tlkit.data.records import records_at
 from tlkit.errors import ConfigError
 from tlkit.runtime.batching import shared_memory_error, tree_map
+from tlkit.runtime.handoff import inline_small, restore_inline, share_large
 from tlkit.runtime.resolution import measured_workers
 
 if TYPE_CHECKING:
@@ -129,9 +131,9 @@ class ItemSource:
         out: list[Loaded] = []
         group: list[tuple[int, Record, Any, str | None]] = []
         held = 0
+        records = records_at(self.records, positions)  # the batch's records at once: a table builds them by column
         with self._decoding():  # entered once per batch: about 7 us per item otherwise, more than a small item's read
-            for i, pos in enumerate(positions):
-                rec = self.records[pos]
+            for i, (pos, rec) in enumerate(zip(positions, records, strict=True)):
                 item, reason = load_or_skip(self.reader, rec)
                 group.append((pos, rec, item, reason))
                 held += _decoded_bytes(item)
@@ -186,18 +188,24 @@ class Batch:
     size: int = 0  # good + bad
 
     def share_memory(self) -> None:
-        """Move the tensors into shared memory, in the worker that made them. Handing the batch over does the same
-        move (torch writes it to a ``/dev/shm`` file); done here, a failure (a file-size limit, a full ``/dev/shm``)
-        raises in the worker's fetch and reaches the main process as an error, where in the queue's feeder thread
-        it is only printed and the main process waits for the batch forever."""
-        if isinstance(self.inputs, PixelBatch):
-            self.inputs.pixels.share_memory_()  # type: ignore[no-untyped-call]
-        elif isinstance(self.inputs, EncodedBatch):
-            self.inputs.share_memory_()
-        else:
-            tree_map(lambda t: t.share_memory_(), self.inputs)
-        for v in self.views:
-            tree_map(lambda t: t.share_memory_(), v)
+        """Move the large tensors into shared memory, in the worker that made them. Handing the batch over does the
+        same move (torch writes it to a ``/dev/shm`` file); done here, a failure (a file-size limit, a full
+        ``/dev/shm``) raises in the worker's fetch and reaches the main process as an error, where in the queue's
+        feeder thread it is only printed and the main process waits for the batch forever. Small tensors travel
+        inside the pickled batch instead (:mod:`tlkit.runtime.handoff`)."""
+        share_large(self.inputs)
+        share_large(self.views)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled to cross from a worker: small tensors as their bytes (:func:`tlkit.runtime.handoff.inline_small`),
+        which costs less than passing a shared-memory file per tensor."""
+        state = dict(self.__dict__)
+        state["inputs"], state["views"] = inline_small(self.inputs), inline_small(self.views)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["inputs"], state["views"] = restore_inline(state["inputs"]), restore_inline(state["views"])
+        self.__dict__.update(state)
 
     def pin_memory(self) -> Batch:
         if isinstance(self.inputs, PixelBatch | EncodedBatch):
