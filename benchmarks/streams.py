@@ -121,7 +121,7 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of read / bare / extract")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of read / bare / extract")
     ap.add_argument("--input-size", type=int, default=8, help="fake/image input side (the images are 8x8)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None)
