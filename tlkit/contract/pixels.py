@@ -181,11 +181,6 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.encoded_at) + len(self.ready_at)
 
-    def share_memory_(self) -> None:
-        self.data.share_memory_()  # type: ignore[no-untyped-call]
-        if self.ready is not None:
-            self.ready.pixels.share_memory_()  # type: ignore[no-untyped-call]
-
     def pin_memory(self) -> EncodedBatch:
         ready = self.ready.pin_memory() if self.ready is not None else None
         return EncodedBatch(self.data.pin_memory(), self.offsets, self.encoded_at, ready, self.ready_at)
