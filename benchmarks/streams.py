@@ -9,7 +9,9 @@ Measures, each run in its own child process (so its peak memory and CPU time are
    into a cache in one process (``workers=0``); ``extract_auto`` is ``tlkit.extract`` with its defaults (listing
    processes and ``--workers auto``), what a user runs. Wall-clock and CPU-time items/s are recorded (on a shared
    machine CPU time is the steadier measure of the one-process runs); ``extract_auto/read`` is the issue's ratio,
-   ``extract/bare`` the engine's own overhead.
+   ``extract/bare`` the engine's own overhead. Each run also records where its time went (``phase_seconds``: the
+   listing and the items for ``read`` and ``bare``, the loop and the rest for the extractions), and the ratio is
+   also given for each repetition, whose spread says how far the machine moved during the benchmark.
 2. peak memory (max RSS) of extracting N items vs a dataset of N/10 items (the first shards);
 3. merging 8 parts (``--shard i/8``) into one cache: copying vs ``--virtual``.
 
@@ -36,6 +38,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _extract_data import report
 
@@ -64,7 +67,7 @@ def make_shards(root: Path, n: int, size: int = 8) -> str:
     return str(root / f"{{00000..{n_shards - 1:05d}}}.tar")
 
 
-def child(task: str, pattern: str, out: str, limit: int | None, shard: str | None, size: int) -> dict[str, float]:
+def child(task: str, pattern: str, out: str, limit: int | None, shard: str | None, size: int) -> dict[str, Any]:
     """One measurement, run in this (child) process."""
     import torch
 
@@ -75,8 +78,10 @@ def child(task: str, pattern: str, out: str, limit: int | None, shard: str | Non
     preprocess = {"input_size": [3, size, size]}
     t0, c0 = time.perf_counter(), time.process_time()
     loop = 0.0
+    phases: dict[str, float] = {}
     if task in ("read", "bare"):
         ds = open_dataset(pattern, "image")
+        phases["listing"] = time.perf_counter() - t0
         reader = get_reader(ds)
         records = ds.records[:limit] if limit else ds.records
         if task == "read":
@@ -98,13 +103,17 @@ def child(task: str, pattern: str, out: str, limit: int | None, shard: str | Non
                             limit=limit, shard=shard, overwrite=True, preprocess=preprocess)  # fmt: skip
         n = res.n_computed
         loop = res.items_per_s  # the extraction loop alone (model loading and the final file excluded)
+        phases["loop"] = res.compute_seconds
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # read / bare: the listing, then the items; extract: the loop, and the rest (listing, model, final file)
+    phases["items" if task in ("read", "bare") else "outside_loop"] = seconds - sum(phases.values())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"items": n, "seconds": seconds, "cpu_seconds": cpu, "items_per_s": n / seconds,
-            "items_per_cpu_s": n / cpu, "peak_rss_mb": rss / 2**20, "loop_items_per_s": loop}  # fmt: skip
+            "items_per_cpu_s": n / cpu, "peak_rss_mb": rss / 2**20, "loop_items_per_s": loop,
+            "phase_seconds": phases}  # fmt: skip
 
 
-def run_child(*args: str) -> dict[str, float]:
+def run_child(*args: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})  # fmt: skip
     if proc.returncode:
@@ -114,7 +123,7 @@ def run_child(*args: str) -> dict[str, float]:
     return result
 
 
-def median(runs: list[dict[str, float]], key: str) -> float:
+def median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
@@ -138,7 +147,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pattern = make_shards(work / "shards", args.n)
         made = time.perf_counter() - t0
-        runs: dict[str, list[dict[str, float]]] = {"read": [], "bare": [], "extract": [], "extract_auto": []}
+        runs: dict[str, list[dict[str, Any]]] = {"read": [], "bare": [], "extract": [], "extract_auto": []}
         for _ in range(args.reps):  # interleaved, so a change in the machine's load hits all three alike
             for task in runs:
                 runs[task].append(run_child(task, pattern, str(work / "full.h5"), "0", "-", size))
@@ -158,6 +167,12 @@ def main() -> None:
             r, b, e, ea = (median(runs[t], key) for t in ("read", "bare", "extract", "extract_auto"))
             result[key] = {"read": r, "bare": b, "extract": e, "extract_auto": ea, "extract_over_read": e / r,
                            "extract_over_bare": e / b, "extract_auto_over_read": ea / r}  # fmt: skip
+        by_rep = [a["items_per_s"] / r["items_per_s"] for a, r in zip(runs["extract_auto"], runs["read"], strict=True)]
+        result["extract_auto_over_read_by_repetition"] = by_rep  # each pair from the same repetition
+        result["phase_seconds_median"] = {
+            t: {k: float(statistics.median(r["phase_seconds"][k] for r in rs)) for k in rs[0]["phase_seconds"]}
+            for t, rs in runs.items()
+        }
         result["extract_tenth"] = small
         result["peak_rss_ratio"] = max(r["peak_rss_mb"] for r in runs["extract"]) / small["peak_rss_mb"]
         result["peak_rss_mb"] = {"extract": max(r["peak_rss_mb"] for r in runs["extract"]),
