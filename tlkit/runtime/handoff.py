@@ -3,11 +3,11 @@
 PyTorch hands every tensor over through shared memory: the worker moves its storage into a ``/dev/shm`` file, and
 the file descriptor is passed to the main process over a socket, one connection per storage, which then maps it.
 That is the right way for large tensors (no copy of the data), but it costs about the same for a tensor of a few
-kilobytes: with small items (a batch of 256 8x8 images is 192 KiB as ``float32``) it was about 30% of a worker's
-CPU time (docs/benchmarks.md, issue 18). Tensors up to :data:`INLINE_BYTES` therefore travel inside the pickled
-batch, through the worker's pipe, as their bytes (:class:`InlineTensor`), and come back as tensors with the same
-dtype, shape and memory layout; larger ones still go through shared memory. ``benchmarks/batch_handoff.py``
-measures both ways.
+kilobytes (a batch of 256 8x8 images is 192 KiB as ``float32``). Tensors up to :data:`INLINE_BYTES` therefore travel
+inside the pickled batch, through the worker's pipe, as their bytes (:class:`InlineTensor`), and come back as
+tensors with the same dtype, shape and memory layout; larger ones still go through shared memory.
+``benchmarks/batch_handoff.py`` measures both ways: the pipe was 2.3x faster per batch at 16 KiB and 1.3x at
+256 KiB, shared memory faster from 512 KiB (docs/benchmarks.md, issue 18).
 
 Containers are walked as :func:`tlkit.runtime.batching.tree_map` walks them (mappings, lists, tuples), and
 dataclass instances field by field (a :class:`tlkit.contract.pixels.PixelBatch`, an ``EncodedBatch``).
