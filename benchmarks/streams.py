@@ -2,16 +2,17 @@
 
 Measures, each run in its own child process (so its peak memory and CPU time are its own):
 
-1. throughput, four ways over the same shards, interleaved ``--reps`` times:
-   ``read`` lists the shards and reads and decodes every item with the reader, in one process (what "reading the
-   shards alone" is); ``bare`` does that plus the backbone's preprocessing and forward pass in a plain loop (the
-   same work without tlkit's engine: no loader, writer, segments or final file); ``extract`` is ``tlkit.extract``
-   into a cache in one process (``workers=0``); ``extract_auto`` is ``tlkit.extract`` with its defaults (listing
-   processes and ``--workers auto``), what a user runs. Wall-clock and CPU-time items/s are recorded (on a shared
-   machine CPU time is the steadier measure of the one-process runs); ``extract_auto/read`` is the issue's ratio,
+1. throughput, four ways over the same shards, interleaved ``--reps`` times: ``read`` lists the shards and reads and
+   decodes every item with the reader, in one process (what "reading the shards alone" is); ``bare`` does that plus
+   the backbone's preprocessing and forward pass in a plain loop (the same work without tlkit's engine: no loader,
+   writer, segments or final file); ``extract`` is ``tlkit.extract`` into a cache in one process (``workers=0``);
+   ``extract_auto`` is ``tlkit.extract`` with its defaults (listing processes and ``--workers auto``), what a user
+   runs. Wall-clock and CPU-time items/s are recorded (on a shared machine CPU time is the steadier measure of the
+   one-process runs), and the CPU time of each run with its child processes (listing processes, loader workers), also
+   over its wall time: how many of the machine's cores it kept busy. ``extract_auto/read`` is the issue's ratio,
    ``extract/bare`` the engine's own overhead. Each run also records where its time went (``phase_seconds``: the
-   listing and the items for ``read`` and ``bare``, the loop and the rest for the extractions), and the ratio is
-   also given for each repetition, whose spread says how far the machine moved during the benchmark.
+   listing and the items for ``read`` and ``bare``, the loop and the rest for the extractions), and the ratio is also
+   given for each repetition, whose spread says how far the machine moved during the benchmark.
 2. peak memory (max RSS) of extracting N items vs a dataset of N/10 items (the first shards);
 3. merging 8 parts (``--shard i/8``) into one cache: copying vs ``--virtual``.
 
@@ -105,12 +106,15 @@ def child(task: str, pattern: str, out: str, limit: int | None, shard: str | Non
         loop = res.items_per_s  # the extraction loop alone (model loading and the final file excluded)
         phases["loop"] = res.compute_seconds
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the listing processes and loader workers, all joined
+    children_cpu = children.ru_utime + children.ru_stime
     # read / bare: the listing, then the items; extract: the loop, and the rest (listing, model, final file)
     phases["items" if task in ("read", "bare") else "outside_loop"] = seconds - sum(phases.values())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"items": n, "seconds": seconds, "cpu_seconds": cpu, "items_per_s": n / seconds,
             "items_per_cpu_s": n / cpu, "peak_rss_mb": rss / 2**20, "loop_items_per_s": loop,
-            "phase_seconds": phases}  # fmt: skip
+            "phase_seconds": phases, "children_cpu_seconds": children_cpu,
+            "cores_busy": (cpu + children_cpu) / seconds}  # fmt: skip
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -173,6 +177,11 @@ def main() -> None:
             t: {k: float(statistics.median(r["phase_seconds"][k] for r in rs)) for k in rs[0]["phase_seconds"]}
             for t, rs in runs.items()
         }
+        result["cpu_seconds_median"] = {  # this process and its children: what the task cost the machine
+            t: float(statistics.median(r["cpu_seconds"] + r["children_cpu_seconds"] for r in rs))
+            for t, rs in runs.items()
+        }
+        result["cores_busy_median"] = {t: median(rs, "cores_busy") for t, rs in runs.items()}
         result["extract_tenth"] = small
         result["peak_rss_ratio"] = max(r["peak_rss_mb"] for r in runs["extract"]) / small["peak_rss_mb"]
         result["peak_rss_mb"] = {"extract": max(r["peak_rss_mb"] for r in runs["extract"]),

@@ -85,6 +85,19 @@ def test_webdataset_listing_is_a_compact_table(tmp_path):
     assert ds.labelled and ds.subset([0, 5]).records == [ds.records[0], ds.records[5]]
 
 
+def test_fingerprint_lines_are_the_documented_lines_for_a_table_and_a_list():
+    """Caches remember the data set's fingerprint: the byte-level lines of a table must hash exactly as the lines
+    written out per record (ids with non-UTF-8 bytes, negative and multi-digit labels, chunks of any size)."""
+    records = sample(50)
+    expected = "".join(f"{r.id}\0{r.label}\0{r.stamp}\n" for r in records).encode("utf-8", "surrogateescape")
+    table = RecordTable.from_records(records)
+    for chunk in (1, 7, 50, 65536):
+        assert b"".join(rec.fingerprint_lines(table, chunk)) == expected
+        assert b"".join(rec.fingerprint_lines(records, chunk)) == expected
+    assert b"".join(rec.fingerprint_lines(table[10:20])) == b"".join(rec.fingerprint_lines(records[10:20]))
+    assert list(rec.fingerprint_lines(RecordTable.from_records([]))) == []
+
+
 def test_row_index_finds_rows_exactly_with_the_precedence_of_sources():
     index = RowIndex()
     index.add(0, PackedStrings.of(["a", "b", "a"]), PackedStrings.of(["s1", "s2", "s3"]), prio=0)  # cache 0

@@ -19,7 +19,7 @@ from typing import Any
 from tlkit.data.listing import Skipped as Skipped  # re-exported: readers and the engine import it from here
 from tlkit.data.listing import check_not_splits, os_error_reason, walk
 from tlkit.data.records import Record as Record  # re-exported: defined with the table that holds records
-from tlkit.data.records import RecordTable, id_label_stamp, take
+from tlkit.data.records import RecordTable, fingerprint_lines, take
 from tlkit.data.remote import is_url
 from tlkit.data.tables import Rows, csv_rows, decode_text, read_text_file
 from tlkit.data.urls import RemoteFile, file_stamp_of, join, list_folder, local_path, read_text
@@ -54,8 +54,8 @@ class Dataset:
         """A hash of ids, labels, class names and item stamps: it changes when the data changes."""
         h = hashlib.sha256()
         h.update(json.dumps({"classes": self.class_names, "reader": self.reader}, sort_keys=True).encode())
-        for rid, label, stamp in id_label_stamp(self.records):
-            h.update(f"{rid}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
+        for lines in fingerprint_lines(self.records):
+            h.update(lines)
         return h.hexdigest()[:32]
 
     def subset(self, indices: Sequence[int]) -> Dataset:

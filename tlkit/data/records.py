@@ -205,15 +205,24 @@ def item_stamp(records: Sequence[Record], i: int) -> str:
     return records.stamps[i] if isinstance(records, RecordTable) else records[i].stamp
 
 
-def id_label_stamp(records: Sequence[Record]) -> Iterator[tuple[str, int, str]]:
-    """``(id, label, stamp)`` of every record, in order, without building records from a table."""
+def fingerprint_lines(records: Sequence[Record], chunk: int = 4096) -> Iterator[bytes]:
+    """The lines ``ID\\0LABEL\\0STAMP\\n`` of every record, in order, as UTF-8 (surrogate-escaped) bytes, joined
+    ``chunk`` lines at a time: what :meth:`tlkit.data.base.Dataset.fingerprint` hashes. A table gives its stored
+    bytes without making a string per id or stamp (a third of the time for 200,000 records)."""
     if isinstance(records, RecordTable):
-        labels = records.labels.tolist() if len(records) < (1 << 20) else None
-        for i, (rid, stamp) in enumerate(zip(records.ids, records.stamps, strict=True)):
-            yield rid, (labels[i] if labels is not None else int(records.labels[i])), stamp
+        marks = {v: b"\0%d\0" % v for v in set(records.labels.tolist())}  # few distinct labels: made once
+        for a in range(0, len(records), chunk):
+            b = min(a + chunk, len(records))
+            parts: list[bytes] = [b"\n"] * (4 * (b - a))  # id, label, stamp, newline: filled by slices, in C
+            parts[0::4] = records.ids[a:b].raw_items()
+            parts[1::4] = [marks[v] for v in records.labels[a:b].tolist()]
+            parts[2::4] = records.stamps[a:b].raw_items()
+            yield b"".join(parts)
         return
-    for r in records:
-        yield r.id, r.label, r.stamp
+    for a in range(0, len(records), chunk):
+        yield "".join(f"{r.id}\0{r.label}\0{r.stamp}\n" for r in records[a : a + chunk]).encode(
+            "utf-8", "surrogateescape"
+        )
 
 
 def labels_of(records: Sequence[Record]) -> np.ndarray:
@@ -234,7 +243,7 @@ __all__ = [
     "RecordTable",
     "StringsBuilder",
     "as_packed",
-    "id_label_stamp",
+    "fingerprint_lines",
     "ids_stamps_at",
     "item_id",
     "item_stamp",

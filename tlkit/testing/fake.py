@@ -146,13 +146,13 @@ class FakeImageBackbone(Backbone):
 
 
 def _pixels(item: Any) -> torch.Tensor:
-    """An image as a ``uint8`` CHW tensor: an RGB PIL image through one copy of its buffer, anything else (arrays,
-    tensors, other modes) through torchvision's ``to_image``; the same values either way."""
-    import numpy as np
+    """An image as a ``uint8`` CHW tensor: an RGB PIL image through its bytes, anything else (arrays, tensors, other
+    modes) through torchvision's ``to_image``; the same values either way."""
     import torch
 
     if getattr(item, "mode", None) == "RGB" and hasattr(item, "getbands"):
-        return torch.from_numpy(np.array(item, np.uint8)).permute(2, 0, 1)
+        w, h = item.size  # its bytes (HWC) viewed as CHW: a third cheaper than going through numpy
+        return torch.frombuffer(bytearray(item.tobytes()), dtype=torch.uint8).as_strided((3, h, w), (1, 3 * w, 3))
     from torchvision.transforms.v2 import functional as F
 
     out: torch.Tensor = F.to_image(item).as_subclass(torch.Tensor)
