@@ -208,9 +208,10 @@ def item_stamp(records: Sequence[Record], i: int) -> str:
 def fingerprint_lines(records: Sequence[Record], chunk: int = 4096) -> Iterator[bytes]:
     """The lines ``ID\\0LABEL\\0STAMP\\n`` of every record, in order, as UTF-8 (surrogate-escaped) bytes, joined
     ``chunk`` lines at a time: what :meth:`tlkit.data.base.Dataset.fingerprint` hashes. A table gives its stored
-    bytes without making a string per id or stamp (a third of the time for 200,000 records)."""
+    bytes without making a string per id or stamp (0.4 of the time for 200,000 records)."""
     if isinstance(records, RecordTable):
-        marks = {v: b"\0%d\0" % v for v in set(records.labels.tolist())}  # few distinct labels: made once
+        np = numpy_module()
+        marks = {v: b"\0%d\0" % v for v in np.unique(records.labels).tolist()}  # few distinct labels: made once
         for a in range(0, len(records), chunk):
             b = min(a + chunk, len(records))
             parts: list[bytes] = [b"\n"] * (4 * (b - a))  # id, label, stamp, newline: filled by slices, in C
