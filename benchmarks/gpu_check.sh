@@ -2,7 +2,7 @@
 # The extraction engine on a GPU, in one call of under 10 minutes: the CUDA paths, benchmarks 1 and 2, then decoding.
 #
 #   benchmarks/gpu_check.sh LOGDIR            # about 6.5 minutes on one H200 with 16 cores
-#   benchmarks/gpu_check.sh LOGDIR steady     # throughput at a steady state instead: about 8 minutes there
+#   benchmarks/gpu_check.sh LOGDIR steady     # throughput at a steady state instead: 8 minutes there, estimated
 #
 # Writes LOGDIR/{env,gpu_paths,bench1,bench2,decode_cost,...}.log and prints a summary. Needs no network: models
 # are random-init timm resnets and the images are generated. Exit code: number of failed steps.
