@@ -184,3 +184,20 @@ def test_effnet_lite0_blocks_all_reach_its_embedding(images):
     report = check_backbone(bb, images, checks=["blocks_cover_params", "blocks_reach_output"])
     assert report.ok, report.summary()
     assert bb.output_blocks() == bb.blocks()
+
+
+@pytest.mark.parametrize("size", [(8, 8), (13, 5), (0, 5)])
+def test_fake_image_pixels_equal_torchvision_s(size):
+    """The fake backbone's fast path (an RGB image's bytes viewed as CHW) gives torchvision's ``to_image`` values,
+    a writable tensor, and an empty image still converts (``torch.frombuffer`` refuses an empty buffer)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    from tlkit.testing.fake import _pixels
+
+    w, h = size
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+    x = _pixels(im)
+    assert torch.equal(x, F.to_image(im).as_subclass(torch.Tensor))
+    x.add_(0)  # writable

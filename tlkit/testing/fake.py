@@ -150,8 +150,8 @@ def _pixels(item: Any) -> torch.Tensor:
     modes) through torchvision's ``to_image``; the same values either way."""
     import torch
 
-    if getattr(item, "mode", None) == "RGB" and hasattr(item, "getbands"):
-        w, h = item.size  # its bytes (HWC) viewed as CHW: a third cheaper than going through numpy
+    if getattr(item, "mode", None) == "RGB" and hasattr(item, "getbands") and item.width and item.height:
+        w, h = item.size  # its bytes (HWC) viewed as CHW: a quarter cheaper than going through numpy
         return torch.frombuffer(bytearray(item.tobytes()), dtype=torch.uint8).as_strided((3, h, w), (1, 3 * w, 3))
     from torchvision.transforms.v2 import functional as F
 
