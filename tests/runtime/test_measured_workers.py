@@ -1,5 +1,6 @@
 """``--workers auto`` by measurement: the rule (:func:`tlkit.runtime.resolution.measured_workers`) and the loader
-that times its first batches and then starts that many worker processes."""
+that times its first batches and then starts that many worker processes, as far ahead as the batches' size allows
+(:func:`tlkit.runtime.workers.prefetch_depth`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from tlkit.runtime import RuntimeOptions, resolve
 from tlkit.runtime.resolution import IDLE_MAIN_SHARE, MIN_WORKER_SHARE, Runtime, measured_workers
+from tlkit.runtime.workers import DEFAULT_PREFETCH, MAX_PREFETCH, PREFETCH_BYTES, prefetch_depth
 
 
 def runtime(workers: int, auto: bool = True, device: str = "cpu") -> Runtime:
@@ -68,3 +70,36 @@ def test_the_loader_times_its_first_batches_then_serves_the_rest(tmp_path: Path)
     for n in (5, 3 * PROBE_BATCHES):  # fewer batches than the probe, and exactly as many
         few = make_loader(ds.records[:n], get_reader(ds), bb, runtime(1), batch=3, window=6)
         assert sum(len(b.positions) for b in few) == n and few.workers == 0  # all prepared here: no worker started
+
+
+@pytest.mark.parametrize(
+    ("workers", "batch_bytes", "want"),
+    [
+        (2, None, DEFAULT_PREFETCH),  # size not known (no probe): torch's default
+        (2, 200_000, MAX_PREFETCH),  # small batches: each worker runs further ahead
+        (2, PREFETCH_BYTES // (2 * 3), 3),  # three fit, four do not
+        (2, 38 << 20, DEFAULT_PREFETCH),  # a batch of 256 224x224 uint8 images: never fewer than the default
+        (0, 1, DEFAULT_PREFETCH),
+    ],
+)
+def test_prefetch_depth(workers: int, batch_bytes: int | None, want: int) -> None:
+    assert prefetch_depth(workers, batch_bytes) == want
+
+
+def test_workers_start_frozen_and_prefetch_as_deep_as_the_probe_batches_allow(tmp_path: Path) -> None:
+    import tlkit
+    from tlkit import open_dataset
+    from tlkit.data.samples import make_image_folder
+    from tlkit.data.workers import freeze_inherited
+    from tlkit.extraction.loader import make_loader
+    from tlkit.host.readers import get_reader
+
+    ds = open_dataset(make_image_folder(tmp_path / "img", classes=2, per_class=9, size=(24, 24)))
+    bb = tlkit.get_backbone("fake/image")
+    loader = make_loader(ds.records, get_reader(ds), bb, runtime(1), batch=3, window=6)
+    assert loader._data_loader([], 1).prefetch_factor == DEFAULT_PREFETCH  # type: ignore[attr-defined]
+    assert sum(len(b.positions) for b in loader) == len(ds.records)
+    assert loader.batch_bytes == 3 * 3 * 32 * 32 * 4  # the probe's batches: 3 float32 images at 32x32
+    dl = loader._data_loader([], 1)
+    assert dl.worker_init_fn is freeze_inherited  # type: ignore[attr-defined]
+    assert dl.prefetch_factor == prefetch_depth(1, loader.batch_bytes) == MAX_PREFETCH  # type: ignore[attr-defined]

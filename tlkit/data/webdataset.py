@@ -19,7 +19,8 @@ offset of every member so that any item can be read on its own (resume, ``--shar
 Python's tar header parsing costs about as much as decoding a small image, so when the first shard's listing says
 that the others would take more than :data:`PARALLEL_LISTING_S` seconds here, they are listed by one process per
 core (``Reader.max_listing_processes``), a few shards ahead of the records being built (in shard order, so the
-listing is the same).
+listing is the same); they leave the objects they inherit out of their garbage collections
+(:func:`tlkit.data.workers.freeze_inherited`).
 A remote shard is downloaded once into this process's copies folder (:func:`tlkit.data.remote.local_copy`), listed
 there, and its items are read from that copy: listing reads the whole tar anyway, so without the copy every byte
 would cross the network twice. ``TLKIT_REMOTE_COPIES`` names another folder for the copies, or ``off``.
@@ -54,6 +55,7 @@ from tlkit.data.remote import (
     unreachable,
 )
 from tlkit.data.streams import Entry, StreamReader, label_text, option
+from tlkit.data.workers import freeze_inherited
 from tlkit.errors import BadInputError, BadItemError
 
 TAR_SUFFIXES = (".tar",)
@@ -167,7 +169,7 @@ class WebDatasetReader(StreamReader):
             for shard in rest:
                 yield self._scan_shard(shard, shard[len(base) :], exts, label, copies)
             return
-        pool = ProcessPoolExecutor(procs)
+        pool = ProcessPoolExecutor(procs, initializer=freeze_inherited)
         self.listing_processes = procs
         try:
             todo = iter(rest)

@@ -21,7 +21,9 @@ thread per core between two forward passes (decoding and resizing release the GI
 core to itself, instead of sharing them with worker processes whose preemption stalls its OpenMP threads. Otherwise,
 with ``--workers auto``, the first batches are prepared in this process and timed against the forward pass, and the
 worker count is chosen from that (:func:`tlkit.runtime.resolution.measured_workers`); when it is 0, pixel batches
-are still prepared on one thread per core.
+are still prepared on one thread per core. Worker processes leave the objects they inherit out of their garbage
+collections (:func:`tlkit.data.workers.freeze_inherited`) and, when the probe's batches are small, prepare more of
+them ahead (:func:`tlkit.runtime.workers.prefetch_depth`).
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ from tlkit.contract.pixels import EncodedBatch, PixelBatch, Uint8Pipeline
 from tlkit.data.base import Reader, Record, load_or_skip
 from tlkit.data.image import EncodedImage, as_rgb_image, encoded_jpegs, pixel_decoding, reduced_decoding
 from tlkit.data.records import records_at
+from tlkit.data.workers import freeze_inherited
 from tlkit.errors import ConfigError
 from tlkit.runtime.batching import shared_memory_error, tree_map
-from tlkit.runtime.handoff import inline_small, restore_inline, share_large
+from tlkit.runtime.handoff import inline_small, restore_inline, share_large, tensor_bytes
 from tlkit.runtime.resolution import measured_workers
+from tlkit.runtime.workers import prefetch_depth
 
 if TYPE_CHECKING:
     from tlkit.runtime.resolution import Runtime
@@ -344,6 +348,7 @@ class Loader:
         self.probe = probe if runtime.auto_workers and self.workers > 0 else 0
         self.threads = 1  # threads preparing a batch in this process (set when iterating)
         self.timings: list[tuple[float, float]] = []  # (prepare s, step s) of the timed probe batches
+        self.batch_bytes: int | None = None  # the largest probe batch's tensors (None: no probe)
 
     def __iter__(self) -> Iterator[Batch]:
         batches = _shared_memory_checked(self._batches())
@@ -373,6 +378,7 @@ class Loader:
                 t0 = time.perf_counter()
                 b = self.collate([self.source[p] for p in idx])
                 t1 = time.perf_counter()
+            self.batch_bytes = max(self.batch_bytes or 0, tensor_bytes(b.inputs) + tensor_bytes(b.views))
             if self.runtime.pin_memory:
                 b = b.pin_memory()
             t2 = time.perf_counter()
@@ -426,8 +432,9 @@ class Loader:
             num_workers=workers,
             collate_fn=self.collate,
             pin_memory=self.runtime.pin_memory,
-            prefetch_factor=2 if workers else None,
+            prefetch_factor=prefetch_depth(workers, self.batch_bytes) if workers else None,
             persistent_workers=False,
+            worker_init_fn=freeze_inherited if workers else None,
         )
         return loader
 

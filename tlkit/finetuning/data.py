@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from tlkit.data.base import UNLABELLED, Dataset, load_or_skip
+from tlkit.data.workers import freeze_inherited
 from tlkit.errors import BadInputError
 from tlkit.finetuning.audio_augment import augment_clip
 from tlkit.host.readers import get_reader
@@ -141,6 +142,7 @@ def make_loader(
         pin_memory=runtime.pin_memory,
         drop_last=drop_last,
         persistent_workers=False,
+        worker_init_fn=freeze_inherited if runtime.workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -104,4 +104,18 @@ def restore_inline(obj: Any) -> Any:
     return walk(obj, lambda x: x.tensor(), InlineTensor)
 
 
-__all__ = ["INLINE_BYTES", "InlineTensor", "inline_small", "restore_inline", "share_large", "walk"]
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of all tensors in ``obj`` (walked as :func:`walk` walks it)."""
+    import torch
+
+    total = [0]
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.nbytes
+        return t
+
+    walk(obj, count, torch.Tensor)
+    return total[0]
+
+
+__all__ = ["INLINE_BYTES", "InlineTensor", "inline_small", "restore_inline", "share_large", "tensor_bytes", "walk"]
