@@ -6,7 +6,9 @@ times, in this process:
 - ``worker``: the CPU time per item of one real DataLoader worker process of ``tlkit extract`` (the extraction's
   loader, ``fake/image`` at 8x8, batches of 256), from the finished worker's resource usage; one worker, so that
   no other process shares its core;
-- ``listing``: the CPU time of the listing processes of ``open_dataset`` (one per core), and its wall time.
+- ``listing``: the CPU time of the listing processes of ``open_dataset`` (one per core), and its wall time;
+- ``copied``: how much of the memory a forked process shares with this one it copies (its private dirty memory,
+  ``/proc/self/smaps_rollup``) during one full garbage collection, the first thing it does (Linux only).
 
 "frozen" is tlkit's way (the process leaves the objects it inherited out of its garbage collections); "as is" swaps
 :func:`freeze_inherited` for a function that does nothing. Medians, and the ratio as is / frozen (above 1: freezing
@@ -36,6 +38,30 @@ def children_cpu() -> float:
 
 def keep_gc(worker_id: int = 0) -> None:
     """The "as is" start: the collector keeps walking what the process inherited."""
+
+
+def private_dirty_kb() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def copied_mb(start: Any) -> float:
+    """MB of memory shared with this process that a forked child copies during one full collection after ``start``."""
+    import gc
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: start as a worker does, collect once, report, leave without cleaning up
+        start()
+        before = private_dirty_kb()
+        gc.collect()
+        os.write(w, str(private_dirty_kb() - before).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        return int(f.read()) / 1024
 
 
 def main() -> None:
@@ -76,6 +102,7 @@ def main() -> None:
             assert len(listed.records) == len(ds.records)
             return children_cpu() - c0, time.perf_counter() - t0
 
+        copied = {how: copied_mb(start) for how, start in starts.items()}
         runs: dict[str, dict[str, list[tuple[float, float]]]] = {"worker": {}, "listing": {}}
         worker()  # warm-up: the files' pages, first decodes
         for _ in range(args.reps):
@@ -98,12 +125,15 @@ def main() -> None:
             "listing_cpu_s": {how: m[0] for how, m in med["listing"].items()},
             "listing_wall_s": {how: m[1] for how, m in med["listing"].items()},
             "worker_as_is_over_frozen": med["worker"]["as is"][0] / med["worker"]["frozen"][0],
+            "copied_by_a_full_collection_mb": copied,
             "listing_cpu_as_is_over_frozen": med["listing"]["as is"][0] / max(med["listing"]["frozen"][0], 1e-9),
             "runs": runs,
         }
         report(result, args.json)
         print(f"worker CPU per item: frozen {med['worker']['frozen'][0]:.1f} us, as is {med['worker']['as is'][0]:.1f} "
               f"us: {result['worker_as_is_over_frozen']:.2f}x")  # fmt: skip
+        print(f"memory a forked process copies in one full collection: frozen {copied['frozen']:.1f} MB, as is "
+              f"{copied['as is']:.1f} MB")  # fmt: skip
         print(f"listing processes' CPU: frozen {med['listing']['frozen'][0]:.2f} s, as is "
               f"{med['listing']['as is'][0]:.2f} s: {result['listing_cpu_as_is_over_frozen']:.2f}x")  # fmt: skip
 
